@@ -1,0 +1,1 @@
+"""Clearance: an approval gateway for AI agents."""

@@ -1,0 +1,51 @@
+"""How the command line talks to people: one console, plain language, consistent colours."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+
+from ..policy.load import PolicyError
+
+console = Console(highlight=False, soft_wrap=True)
+errors = Console(stderr=True, highlight=False, soft_wrap=True)
+
+EFFECT_STYLE = {
+    "allow": "bold green",
+    "approve": "bold yellow",
+    "deny": "bold red",
+    "block": "bold white on red",
+}
+
+
+def print_json(data: Any) -> None:
+    """JSON on stdout, unstyled, for pipes and scripts."""
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def fail(message: str, *, hint: str | None = None, code: int = 1) -> NoReturn:
+    errors.print(f"[bold red]error:[/] {message}")
+    if hint:
+        errors.print(f"[dim]hint:[/] {hint}")
+    raise typer.Exit(code)
+
+
+def report_policy_error(exc: PolicyError) -> NoReturn:
+    for problem in exc.problems:
+        rule = f" [dim]\\[rule {problem.rule_id}][/]" if problem.rule_id else ""
+        errors.print(f"[bold]{problem.location}[/]:{rule} [red]{problem.message}[/]")
+        if problem.hint:
+            errors.print(f"    [dim]hint:[/] {problem.hint}")
+    count = len(exc.problems)
+    errors.print(f"[bold red]{count} problem{'s' if count != 1 else ''}[/]; nothing was loaded")
+    raise typer.Exit(1)
+
+
+def duration(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"

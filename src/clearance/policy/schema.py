@@ -1,0 +1,151 @@
+"""The shape of a policy file, checked by pydantic. Unknown keys are errors (typos hide bugs).
+
+These models describe the YAML as written; `load.py` turns them into the immutable model and
+adds the checks that need the whole file (duplicate ids, unknown groups, CEL).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w)?\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+def parse_duration(value: Any) -> int:
+    """`90`, `"90s"`, `"30m"`, `"4h"`, `"2d"`, `"1w"` → seconds. No upper cap."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string like '4h'")
+    if isinstance(value, int):
+        seconds = value
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = int(m[1]) * _UNITS[m[2]]
+    else:
+        raise ValueError(f"{value!r} is not a duration; write seconds or e.g. 30m, 4h, 2d")
+    if seconds <= 0:
+        raise ValueError("a duration must be positive")
+    return seconds
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PersonIn(_Strict):
+    id: str = Field(min_length=1)
+    name: str | None = None
+    email: str | None = None
+    groups: list[str] = []
+    roles: list[str] = []
+    channels: dict[str, str | int] = {}
+    manager: str | None = None
+    timezone: str | None = None
+
+
+class GroupIn(_Strict):
+    description: str = ""
+
+
+class DirectoryIn(_Strict):
+    people: list[dict[str, Any]] = []  # each checked as a PersonIn, so one bad entry hides none
+    groups: dict[str, GroupIn | None] = {}
+
+
+class RequirementIn(_Strict):
+    approvers: list[str] = Field(min_length=1)
+    required: int = 1
+
+    @field_validator("required")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("required must be at least 1")
+        return v
+
+
+class StageIn(_Strict):
+    name: str = Field(min_length=1)
+    approvers: list[str] | None = None
+    required: int | None = None
+    all_of: list[RequirementIn] | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> StageIn:
+        if self.all_of is not None and (self.approvers is not None or self.required is not None):
+            raise ValueError("a stage has either approvers/required or all_of, not both")
+        if self.all_of is None and not self.approvers:
+            raise ValueError("a stage needs approvers (or all_of)")
+        if self.all_of is not None and not self.all_of:
+            raise ValueError("all_of needs at least one requirement")
+        if self.required is not None and self.required < 1:
+            raise ValueError("required must be at least 1")
+        return self
+
+
+class ApprovalIn(_Strict):
+    stages: list[StageIn] | None = None
+    approvers: list[str] | None = None
+    required: int | None = None
+    timeout: int | str | None = None
+
+    @field_validator("timeout")
+    @classmethod
+    def _duration(cls, v: int | str | None) -> int | str | None:
+        if v is not None:
+            parse_duration(v)
+        return v
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ApprovalIn:
+        if self.stages is not None and (self.approvers is not None or self.required is not None):
+            raise ValueError("write either stages or approvers/required, not both")
+        if self.stages is None and not self.approvers:
+            raise ValueError("an approval needs stages (or approvers)")
+        if self.stages is not None and not self.stages:
+            raise ValueError("stages needs at least one stage")
+        if self.required is not None and self.required < 1:
+            raise ValueError("required must be at least 1")
+        return self
+
+
+class RuleIn(_Strict):
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+    description: str = ""
+    actions: list[str] = Field(min_length=1)
+    when: str | None = None
+    effect: Literal["allow", "deny", "approve", "block"]
+    approval: ApprovalIn | None = None
+    alert: list[str] = []
+    on_error: Literal["deny", "skip"] = "deny"
+    redact: list[str] = []
+
+    @field_validator("actions", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("redact")
+    @classmethod
+    def _params_paths(cls, v: list[str]) -> list[str]:
+        for path in v:
+            if not path.startswith("params.") or len(path) <= len("params."):
+                raise ValueError(f"redact names parameters like params.card_number, not {path!r}")
+        return v
+
+
+class PoliciesIn(_Strict):
+    default: Literal["allow", "deny", "approve", "block"] | None = None
+    rules: list[dict[str, Any]] = []  # each checked as a RuleIn, so one bad rule hides none
+
+
+class PolicyFileIn(_Strict):
+    """One policy file. `server` and `channels` are read by the server's own settings."""
+
+    version: Literal[1] = 1
+    directory: DirectoryIn = DirectoryIn()
+    policies: PoliciesIn = PoliciesIn()
+    server: dict[str, Any] | None = None
+    channels: dict[str, Any] | None = None

@@ -1,0 +1,168 @@
+"""Policy tests: data files of requests and the decisions they must get — our `opa test`.
+
+```yaml
+policy: clearance.yaml            # optional; relative to this file (else --config is used)
+tests:
+  - name: a large transfer needs a manager and a finance director
+    action: payments.transfer
+    params: {amount: 7200, destination_country: US}
+    actor: {user: carol}
+    expect:
+      effect: approve
+      rules: [payments-large]                       # optional: the deciding rules, any order
+      stages:                                       # optional: the resolved approvers
+        - {name: manager, approvers: [alice, bob], required: 1}
+        - {name: finance-director, approvers: [dana, erin], required: 1}
+      reason_contains: finance director             # optional
+```
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .engine import Engine
+from .load import Policy, PolicyError, Problem
+from .model import Effect, Location, Request
+from .yamlpos import YamlSyntaxError, parse
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ExpectIn(_Strict):
+    effect: Literal["allow", "deny", "approve", "block"]
+    rules: list[str] | None = None
+    stages: list[dict[str, Any]] | None = None
+    alert: list[str] | None = None
+    reason_contains: str | None = None
+
+
+class CaseIn(_Strict):
+    name: str = Field(min_length=1)
+    action: str = Field(min_length=1)
+    params: dict[str, Any] = {}
+    actor: dict[str, str] = {}
+    context: dict[str, Any] = {}
+    labels: list[str] = []
+    risk: dict[str, Any] | None = None
+    expect: ExpectIn
+
+
+class SuiteIn(_Strict):
+    policy: str | list[str] | None = None
+    tests: list[CaseIn] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class Case:
+    file: str
+    location: Location
+    spec: CaseIn
+
+
+@dataclass(frozen=True)
+class Suite:
+    file: str
+    policy_files: tuple[str, ...]
+    cases: tuple[Case, ...]
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    case: Case
+    passed: bool
+    effect: str
+    failures: tuple[str, ...]
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read one test file; raise `PolicyError` with file:line on any problem."""
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError([Problem("file", f"cannot read: {exc}", Location(name, 1, 1))]) from None
+    try:
+        doc = parse(text, name)
+    except YamlSyntaxError as exc:
+        raise PolicyError([Problem("yaml", exc.message, exc.location)]) from None
+    try:
+        suite = SuiteIn.model_validate(doc.data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            where = ".".join(str(p) for p in loc) or "file"
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            problems.append(Problem("test_file", f"{where}: {msg}", doc.where_key(loc)))
+        raise PolicyError(problems) from None
+    base = Path(path).parent
+    policy = suite.policy
+    files = [policy] if isinstance(policy, str) else (policy or [])
+    return Suite(
+        file=name,
+        policy_files=tuple(str(base / f) for f in files),
+        cases=tuple(
+            Case(name, doc.where(("tests", i)), spec) for i, spec in enumerate(suite.tests)
+        ),
+    )
+
+
+def run_case(engine: Engine, case: Case) -> CaseResult:
+    spec = case.spec
+    decision = engine.evaluate(
+        Request(
+            action=spec.action,
+            params=dict(spec.params),
+            actor=dict(spec.actor),
+            context=dict(spec.context),
+            labels=tuple(spec.labels),
+            risk=dict(spec.risk) if spec.risk is not None else None,
+        ),
+        decision_id="dec_test",
+    )
+    want = spec.expect
+    failures: list[str] = []
+    if decision.effect is not Effect(want.effect):
+        why = "; ".join(decision.reasons)
+        failures.append(f"effect: want {want.effect}, got {decision.effect} ({why})")
+    if want.rules is not None and sorted(want.rules) != sorted(decision.rules):
+        failures.append(f"rules: want {sorted(want.rules)}, got {sorted(decision.rules)}")
+    if want.stages is not None:
+        got = decision.approval.to_json()["stages"] if decision.approval else []
+        if _normal_stages(want.stages) != _normal_stages(got):
+            failures.append(f"stages: want {want.stages}, got {got}")
+    if want.alert is not None and sorted(want.alert) != sorted(decision.alert):
+        failures.append(f"alert: want {sorted(want.alert)}, got {sorted(decision.alert)}")
+    if want.reason_contains is not None and not any(
+        want.reason_contains.lower() in r.lower() for r in decision.reasons
+    ):
+        failures.append(
+            f"reasons: none contains {want.reason_contains!r}: {list(decision.reasons)}"
+        )
+    return CaseResult(case, not failures, decision.effect.value, tuple(failures))
+
+
+def run_suite(policy: Policy, suite: Suite) -> list[CaseResult]:
+    engine = Engine(policy)
+    return [run_case(engine, case) for case in suite.cases]
+
+
+def _normal_stages(stages: Sequence[dict[str, Any]]) -> list[Any]:
+    out = []
+    for stage in stages:
+        reqs = stage.get("all_of") or [stage]
+        out.append(
+            (
+                stage.get("name"),
+                sorted((sorted(r.get("approvers", [])), int(r.get("required", 1))) for r in reqs),
+            )
+        )
+    return out
