@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..matching import can_fill
+from ..matching import feasible
 from .cel import CelEvalError, FusedConditions
 from .load import Policy
 from .model import (
@@ -237,7 +237,7 @@ class Engine:
             for s in base.plan.stages
         )
         plan = ResolvedPlan(stages, base.plan.timeout_s)
-        problem = _infeasible(plan, requester)
+        problem = _infeasible(base.plan, requester)
         return (None, problem) if problem else (plan, None)
 
     def _build_plan(self, rule_ids: Sequence[str]) -> _BasePlan:
@@ -273,21 +273,5 @@ _DENY = Effect.DENY.strength
 
 def _infeasible(plan: ResolvedPlan, requester: str | None) -> str | None:
     """Why `plan` can never be approved by distinct people, or None when it can."""
-    excluded = f" ({requester} made the request and cannot approve it)" if requester else ""
-    for stage in plan.stages:
-        for req in stage.requirements:
-            if len(req.approvers) < req.required:
-                return (
-                    f"approval cannot be met: stage '{stage.name}' needs {req.required} "
-                    f"approver{'s' if req.required != 1 else ''} but only {len(req.approvers)} "
-                    f"eligible {'person remains' if len(req.approvers) == 1 else 'people remain'}"
-                    f"{excluded}; denied"
-                )
-    reqs = [(r.approvers, r.required) for s in plan.stages for r in s.requirements]
-    if not can_fill(reqs):
-        total = sum(n for _, n in reqs)
-        return (
-            f"approval cannot be met: its stages need {total} different people and the eligible "
-            f"approvers cannot cover them all without someone approving twice{excluded}; denied"
-        )
-    return None
+    why = feasible(plan, requester)
+    return f"approval cannot be met: {why}; denied" if why else None
