@@ -1,0 +1,64 @@
+"""Store errors, translated at the boundary.
+
+Driver exceptions (sqlite3, psycopg, asyncpg, SQLAlchemy's wrappers, socket errors) never leave
+the store: anything that means "the database cannot be used right now" becomes
+`StoreUnavailable`, so callers fail closed with one `except` (the server answers 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import exc as sa_exc
+
+__all__ = ["StoreUnavailable", "is_unavailable", "translate_errors", "unavailable_from"]
+
+
+class StoreUnavailable(Exception):
+    """The database is down, unreachable, locked or otherwise unusable; nothing was written."""
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` means the database could not be used (as opposed to a bad statement)."""
+    if isinstance(exc, StoreUnavailable):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        # OperationalError: connection refused/lost, "database is locked", "unable to open
+        # database file", disk I/O errors. InterfaceError: connection already closed.
+        return exc.connection_invalidated or isinstance(
+            exc, sa_exc.OperationalError | sa_exc.InterfaceError
+        )
+    # Pool exhausted (sqlalchemy.exc.TimeoutError), socket errors raised while connecting
+    # (asyncpg raises ConnectionRefusedError, an OSError), connect timeouts.
+    return isinstance(
+        exc, sa_exc.TimeoutError | sa_exc.DisconnectionError | OSError | asyncio.TimeoutError
+    )
+
+
+def unavailable_from(exc: BaseException) -> StoreUnavailable:
+    """A `StoreUnavailable` describing `exc` (without SQL text or bound parameters)."""
+    if isinstance(exc, StoreUnavailable):
+        return exc
+    orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
+    detail = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    err = StoreUnavailable(f"database unavailable: {detail}")
+    err.__cause__ = exc
+    return err
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """Re-raise driver errors that mean "database unavailable" as `StoreUnavailable`.
+
+    Works around `await` too: use it as a plain `with` block inside async code.
+    """
+    try:
+        yield
+    except StoreUnavailable:
+        raise
+    except Exception as exc:
+        if is_unavailable(exc):
+            raise unavailable_from(exc) from exc
+        raise

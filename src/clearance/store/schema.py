@@ -1,0 +1,278 @@
+"""The database schema: one set of SQLAlchemy Core tables for SQLite and PostgreSQL.
+
+Conventions:
+- Times are `UTCDateTime`: timezone-aware UTC datetimes in Python, `timestamptz` in
+  PostgreSQL and naive-UTC text (`YYYY-MM-DD HH:MM:SS.ffffff`, which sorts correctly) in SQLite.
+  Naive datetimes are refused on the way in; values always come back aware, in UTC.
+- Structured values are `JSONText`: canonical JSON (`clearance.canonical.canonical_json`) in
+  a text column, so both databases store identical bytes and hashes over them are stable.
+- Constraint and index names follow `NAMING_CONVENTION`, so migrations can address them.
+
+The Alembic migrations in `store/migrations/versions/` create exactly this schema; a test
+compares the two.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeDecorator
+
+from clearance.canonical import canonical_json
+
+__all__ = [
+    "APPROVAL_STATES",
+    "EXECUTION_STATES",
+    "KEY_KINDS",
+    "NAMING_CONVENTION",
+    "VOTE_DECISIONS",
+    "JSONText",
+    "UTCDateTime",
+    "api_keys",
+    "approvals",
+    "audit_checkpoints",
+    "audit_entries",
+    "audit_heads",
+    "credentials",
+    "metadata",
+    "outbox",
+    "sessions",
+    "votes",
+]
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+APPROVAL_STATES = ("pending", "approved", "denied", "expired", "cancelled")
+EXECUTION_STATES = ("succeeded", "failed")
+VOTE_DECISIONS = ("approve", "deny")
+KEY_KINDS = ("agent", "person")
+
+# Auto-incrementing surrogate keys: BIGINT in PostgreSQL; in SQLite only a column declared
+# exactly INTEGER PRIMARY KEY is the auto-assigned rowid.
+_SERIAL = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime (timestamptz in PostgreSQL, naive UTC text in SQLite)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, datetime):
+            raise TypeError(f"expected a datetime, got {type(value).__name__}")
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("naive datetime: pass a timezone-aware datetime (UTC)")
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):  # raw text, e.g. read with a plain cursor
+            value = datetime.fromisoformat(value)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+        return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+
+class JSONText(TypeDecorator[Any]):
+    """A JSON value stored as canonical JSON text."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        return canonical_json(value)
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        return json.loads(value)
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+approvals = Table(
+    "approvals",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("action", String(255), nullable=False),
+    Column("params_json", JSONText(), nullable=False),  # redacted for display
+    Column("params_hash", String(80), nullable=False),
+    Column("binding_hash", String(80), nullable=False),
+    Column("actor_json", JSONText(), nullable=False),
+    Column("context_json", JSONText(), nullable=False),
+    Column("labels_json", JSONText(), nullable=False),
+    Column("requester", String(255)),
+    Column("agent", String(255)),  # scopes agent API keys to their own approvals
+    Column("plan_json", JSONText(), nullable=False),  # the resolved approval plan
+    Column("stage_index", Integer(), nullable=False),
+    Column("decision_json", JSONText(), nullable=False),  # the policy decision
+    Column("rules_json", JSONText(), nullable=False),
+    Column("reasons_json", JSONText(), nullable=False),
+    Column("policy_version", String(80), nullable=False),
+    Column("idempotency_key", String(255), unique=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("decided_at", UTCDateTime()),
+    Column("decided_reason", Text()),
+    Column("released_at", UTCDateTime()),  # the approved call was handed to the agent, once
+    Column("execution_state", String(16)),
+    Column("execution_result", Text()),
+    Column("executed_at", UTCDateTime()),
+    Column("version", Integer(), nullable=False, server_default="0"),  # compare-and-set
+    CheckConstraint(_in("state", APPROVAL_STATES), name="state"),
+    CheckConstraint(
+        f"execution_state IS NULL OR {_in('execution_state', EXECUTION_STATES)}",
+        name="execution_state",
+    ),
+    Index("ix_approvals_state_expires_at", "state", "expires_at"),
+    Index("ix_approvals_agent", "agent"),
+    Index("ix_approvals_requester", "requester"),
+)
+
+votes = Table(
+    "votes",
+    metadata,
+    Column("id", _SERIAL, primary_key=True, autoincrement=True),
+    Column("approval_id", String(64), ForeignKey("approvals.id"), nullable=False),
+    Column("person", String(255), nullable=False),
+    Column("decision", String(16), nullable=False),
+    Column("comment", Text()),
+    Column("channel", String(64), nullable=False),
+    Column("stage_index", Integer(), nullable=False),
+    Column("on_behalf_of", String(255)),
+    Column("at", UTCDateTime(), nullable=False),
+    UniqueConstraint("approval_id", "person"),
+    CheckConstraint(_in("decision", VOTE_DECISIONS), name="decision"),
+)
+
+audit_entries = Table(
+    "audit_entries",
+    metadata,
+    Column("chain_id", String(64), primary_key=True),
+    Column("seq", BigInteger(), primary_key=True, autoincrement=False),
+    Column("ts", UTCDateTime(), nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("actor", String(255)),
+    Column("approver", String(255)),
+    Column("channel", String(64)),
+    Column("action", String(255)),
+    Column("params_hash", String(80)),
+    Column("effect", String(16)),
+    Column("rule_ids", JSONText(), nullable=False),  # a JSON list of rule ids
+    Column("policy_version", String(80)),
+    Column("approval_id", String(64)),
+    Column("data", JSONText(), nullable=False),  # a JSON object of further facts
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Index("ix_audit_entries_ts", "ts"),
+    sqlite_with_rowid=False,  # the primary key is the table: one B-tree less per append
+)
+
+audit_heads = Table(
+    "audit_heads",
+    metadata,
+    Column("chain_id", String(64), primary_key=True),
+    Column("seq", BigInteger(), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    sqlite_with_rowid=False,
+)
+
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("id", _SERIAL, primary_key=True, autoincrement=True),
+    Column("ts", UTCDateTime(), nullable=False),
+    Column("heads_json", JSONText(), nullable=False),  # {chain_id: {"seq": n, "hash": h}}
+    Column("hash", String(64), nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("prefix", String(32), nullable=False, index=True),
+    Column("secret_hash", String(64), nullable=False),  # sha256 hex; keys are high-entropy
+    Column("kind", String(16), nullable=False),
+    Column("subject", String(255), nullable=False),  # agent name or person id
+    Column("label", String(255)),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("revoked_at", UTCDateTime()),
+    Column("last_used_at", UTCDateTime()),
+    CheckConstraint(_in("kind", KEY_KINDS), name="kind"),
+)
+
+credentials = Table(
+    "credentials",
+    metadata,
+    Column("person_id", String(255), primary_key=True),
+    Column("password_hash", Text(), nullable=False),  # argon2, computed by the server
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", String(64), primary_key=True),  # sha256 hex of the session token
+    Column("person_id", String(255), nullable=False, index=True),
+    Column("csrf_token", String(128), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("revoked_at", UTCDateTime()),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", _SERIAL, primary_key=True, autoincrement=True),
+    Column("kind", String(64), nullable=False),
+    Column("approval_id", String(64)),
+    Column("channel", String(64)),
+    Column("recipient", String(255)),
+    Column("payload", JSONText(), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("available_at", UTCDateTime(), nullable=False),
+    Column("attempts", Integer(), nullable=False, server_default="0"),
+    Column("locked_by", String(128)),
+    Column("locked_until", UTCDateTime()),
+    Column("sent_at", UTCDateTime()),
+    Column("last_error", Text()),
+    Index("ix_outbox_sent_at_available_at", "sent_at", "available_at"),
+)
