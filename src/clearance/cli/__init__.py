@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import policy_cmds
+from . import gateway_cmds, policy_cmds
 
 app = typer.Typer(
     name="clearance",
@@ -15,6 +15,7 @@ app = typer.Typer(
 )
 
 policy_cmds.register(app)
+gateway_cmds.register(app)
 
 
 def main() -> None:

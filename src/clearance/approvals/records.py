@@ -1,0 +1,234 @@
+"""Approvals in the database: rows ↔ `Approval`, and the compare-and-set update.
+
+Plain functions over a SQLAlchemy *sync* `Connection`. Writes run inside the audit writer's
+transaction (so an approval, its votes and their audit entries commit together); async readers
+call the same functions through `AsyncConnection.run_sync`, so there is one code path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, func, insert, select, update
+
+from ..policy.model import ResolvedPlan
+from ..store.schema import UTCDateTime, approvals, votes
+from .model import Approval, ApprovalState, ExecutionState, Vote, VoteDecision
+
+
+class Conflict(Exception):
+    """Someone else changed the approval first (compare-and-set lost); re-read and retry."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredApproval:
+    """An approval with what the store keeps beside it: the request and the policy's reasons."""
+
+    approval: Approval
+    agent: str | None = None
+    context: dict[str, Any] = field(default_factory=dict)
+    labels: tuple[str, ...] = ()
+    decision: dict[str, Any] = field(default_factory=dict)
+    rules: tuple[str, ...] = ()
+    reasons: tuple[str, ...] = ()
+    policy_version: str = ""
+    params_hash: str = ""
+    idempotency_key: str | None = None
+
+    def replace(self, approval: Approval) -> StoredApproval:
+        return StoredApproval(
+            approval,
+            self.agent,
+            self.context,
+            self.labels,
+            self.decision,
+            self.rules,
+            self.reasons,
+            self.policy_version,
+            self.params_hash,
+            self.idempotency_key,
+        )
+
+
+def insert_approval(conn: Connection, stored: StoredApproval) -> None:
+    a = stored.approval
+    conn.execute(
+        insert(approvals).values(
+            id=a.id,
+            state=a.state.value,
+            action=a.action,
+            params_json=a.params,
+            params_hash=stored.params_hash,
+            binding_hash=a.binding_hash,
+            actor_json=a.actor,
+            context_json=stored.context,
+            labels_json=list(stored.labels),
+            requester=a.requester,
+            agent=stored.agent,
+            plan_json=a.plan.to_json(),
+            stage_index=a.stage_index,
+            decision_json=stored.decision,
+            rules_json=list(stored.rules),
+            reasons_json=list(stored.reasons),
+            policy_version=stored.policy_version,
+            idempotency_key=stored.idempotency_key,
+            created_at=a.created_at,
+            expires_at=a.expires_at,
+            version=a.version,
+        )
+    )
+
+
+def save_transition(conn: Connection, before: Approval, after: Approval) -> None:
+    """Write `after` only if the row still holds `before`'s version; add any new votes."""
+    result = conn.execute(
+        update(approvals)
+        .where(and_(approvals.c.id == before.id, approvals.c.version == before.version))
+        .values(
+            state=after.state.value,
+            stage_index=after.stage_index,
+            decided_at=after.decided_at,
+            decided_reason=after.decided_reason,
+            released_at=after.released_at,
+            execution_state=after.execution_state.value if after.execution_state else None,
+            execution_result=after.execution_result,
+            executed_at=after.executed_at,
+            version=after.version,
+        )
+    )
+    if result.rowcount != 1:
+        raise Conflict(f"approval {before.id} changed concurrently")
+    known = {(v.person, v.decision) for v in before.votes}
+    fresh = [v for v in after.votes if (v.person, v.decision) not in known]
+    if fresh:
+        conn.execute(
+            insert(votes),
+            [
+                {
+                    "approval_id": after.id,
+                    "person": v.person,
+                    "decision": v.decision.value,
+                    "comment": v.comment,
+                    "channel": v.channel,
+                    "stage_index": v.stage_index,
+                    "on_behalf_of": v.on_behalf_of,
+                    "at": v.at,
+                }
+                for v in fresh
+            ],
+        )
+
+
+def load(conn: Connection, approval_id: str) -> StoredApproval | None:
+    row = conn.execute(select(approvals).where(approvals.c.id == approval_id)).mappings().first()
+    if row is None:
+        return None
+    vote_rows = conn.execute(
+        select(votes).where(votes.c.approval_id == approval_id).order_by(votes.c.id)
+    ).mappings()
+    return _stored(row, [_vote(v) for v in vote_rows])
+
+
+def find_id_by_idempotency_key(conn: Connection, key: str) -> str | None:
+    value = conn.execute(
+        select(approvals.c.id).where(approvals.c.idempotency_key == key)
+    ).scalar_one_or_none()
+    return str(value) if value is not None else None
+
+
+def list_ids(
+    conn: Connection,
+    *,
+    state: str | None = None,
+    agent: str | None = None,
+    limit: int = 100,
+    before: datetime | None = None,
+) -> list[str]:
+    query = select(approvals.c.id).order_by(approvals.c.created_at.desc()).limit(limit)
+    if state:
+        query = query.where(approvals.c.state == state)
+    if agent:
+        query = query.where(approvals.c.agent == agent)
+    if before:
+        query = query.where(approvals.c.created_at < before)
+    return [str(x) for x in conn.execute(query).scalars()]
+
+
+def due_for_expiry(conn: Connection, now: datetime, limit: int = 500) -> list[str]:
+    return [
+        str(x)
+        for x in conn.execute(
+            select(approvals.c.id)
+            .where(and_(approvals.c.state == "pending", approvals.c.expires_at <= now))
+            .order_by(approvals.c.expires_at)
+            .limit(limit)
+        ).scalars()
+    ]
+
+
+def next_expiry(conn: Connection) -> datetime | None:
+    value = conn.execute(
+        select(func.min(approvals.c.expires_at)).where(approvals.c.state == "pending")
+    ).scalar_one_or_none()
+    if value is None:
+        return None
+    # min() loses the column's type in SQLite (it comes back as text): convert it ourselves.
+    converted = UTCDateTime().process_result_value(value, conn.dialect)
+    return converted if isinstance(converted, datetime) else None
+
+
+def count_by_state(conn: Connection) -> dict[str, int]:
+    rows = conn.execute(select(approvals.c.state, func.count()).group_by(approvals.c.state))
+    return {str(state): int(n) for state, n in rows}
+
+
+def _vote(row: Any) -> Vote:
+    return Vote(
+        person=row["person"],
+        decision=VoteDecision(row["decision"]),
+        stage_index=int(row["stage_index"]),
+        at=row["at"],
+        comment=row["comment"],
+        channel=row["channel"],
+        on_behalf_of=row["on_behalf_of"],
+    )
+
+
+def _stored(row: Any, vote_list: Sequence[Vote]) -> StoredApproval:
+    execution = row["execution_state"]
+    approval = Approval(
+        id=row["id"],
+        action=row["action"],
+        params=row["params_json"],
+        binding_hash=row["binding_hash"],
+        actor=row["actor_json"],
+        requester=row["requester"],
+        plan=ResolvedPlan.from_json(row["plan_json"]),
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        state=ApprovalState(row["state"]),
+        stage_index=int(row["stage_index"]),
+        votes=tuple(vote_list),
+        decided_at=row["decided_at"],
+        decided_reason=row["decided_reason"],
+        released_at=row["released_at"],
+        execution_state=ExecutionState(execution) if execution else None,
+        execution_result=row["execution_result"],
+        executed_at=row["executed_at"],
+        version=int(row["version"]),
+    )
+    return StoredApproval(
+        approval=approval,
+        agent=row["agent"],
+        context=row["context_json"],
+        labels=tuple(row["labels_json"]),
+        decision=row["decision_json"],
+        rules=tuple(row["rules_json"]),
+        reasons=tuple(row["reasons_json"]),
+        policy_version=row["policy_version"],
+        params_hash=row["params_hash"],
+        idempotency_key=row["idempotency_key"],
+    )

@@ -1,0 +1,374 @@
+"""The approval service: the pure workflow, made durable and awaitable.
+
+Every change is one unit of work in the audit writer's transaction: the approval row (with a
+compare-and-set on its version), its votes and the audit entries describing the change commit
+together or not at all. Waiting is event-driven: an in-process future per waiter, resolved
+when a change to that approval commits; a read is the source of truth, so a waiter that
+misses a wake-up (another process decided) still sees the outcome when its wait ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ..audit.entry import AuditDraft, Kind
+from ..audit.writer import AuditWriter, WriteTx
+from ..store.database import Database
+from . import records, workflow
+from .model import Approval, ApprovalState, ExecutionState, Vote, VoteDecision
+from .records import Conflict, StoredApproval
+
+Clock = Callable[[], datetime]
+
+
+class ApprovalError(Exception):
+    """A request the service refuses; `code` is stable, `message` is for people."""
+
+    status = 409
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class ApprovalNotFound(ApprovalError):
+    status = 404
+
+    def __init__(self, approval_id: str) -> None:
+        super().__init__("not_found", f"no approval with id {approval_id!r}")
+
+
+class VoteRefused(ApprovalError):
+    """The workflow refused a vote (not eligible, self-approval, already decided, …)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(code, message)
+        self.status = 403 if code in {"not_eligible", "self_approval", "already_counted"} else 409
+
+
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    """A refusal decided inside a unit of work that must still commit (its audit entry)."""
+
+    error: ApprovalError
+    stored: StoredApproval | None
+
+
+class Waiters:
+    """In-process futures keyed by approval id, resolved when that approval changes."""
+
+    def __init__(self) -> None:
+        self._futures: dict[str, set[asyncio.Future[None]]] = {}
+
+    def register(self, approval_id: str) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._futures.setdefault(approval_id, set()).add(future)
+        return future
+
+    def discard(self, approval_id: str, future: asyncio.Future[None]) -> None:
+        waiting = self._futures.get(approval_id)
+        if waiting is not None:
+            waiting.discard(future)
+            if not waiting:
+                del self._futures[approval_id]
+
+    def wake(self, approval_id: str) -> None:
+        for future in self._futures.pop(approval_id, ()):
+            if not future.done():
+                future.set_result(None)
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._futures.values())
+
+
+class ApprovalService:
+    """Create, read, decide, wait for, release and expire approvals."""
+
+    MAX_RETRIES = 5
+
+    def __init__(self, db: Database, writer: AuditWriter, *, clock: Clock) -> None:
+        self.db = db
+        self.writer = writer
+        self.clock = clock
+        self.waiters = Waiters()
+        self.on_change: list[Callable[[StoredApproval, tuple[str, ...]], None]] = []
+
+    # -- reads ---------------------------------------------------------------------------------
+    async def get(self, approval_id: str) -> StoredApproval:
+        """The approval as it stands now: a pending one past its deadline is expired first."""
+        stored = await self._read(approval_id)
+        if (
+            stored.approval.state is ApprovalState.PENDING
+            and self.clock() >= stored.approval.expires_at
+        ):
+            return await self._expire(approval_id)
+        return stored
+
+    async def list(
+        self, *, state: str | None = None, agent: str | None = None, limit: int = 100
+    ) -> list[StoredApproval]:
+        async with self.db.aconnect() as conn:
+            ids = await conn.run_sync(
+                lambda c: records.list_ids(c, state=state, agent=agent, limit=limit)
+            )
+        out = []
+        for approval_id in ids:
+            out.append(await self.get(approval_id))
+        return out
+
+    async def wait(self, approval_id: str, timeout: float) -> StoredApproval:
+        """Return once the approval is decided, or after `timeout` seconds, whichever first.
+
+        The wait also ends at the approval's deadline, so an expiry is seen at once.
+        """
+        stored = await self.get(approval_id)
+        if stored.approval.is_final:
+            return stored
+        future = self.waiters.register(approval_id)
+        try:
+            stored = await self.get(approval_id)  # a change between the read and registering
+            if stored.approval.is_final:
+                return stored
+            until_expiry = (stored.approval.expires_at - self.clock()).total_seconds()
+            budget = max(0.0, min(timeout, until_expiry + 0.01))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(future), budget)
+        finally:
+            self.waiters.discard(approval_id, future)
+        return await self.get(approval_id)
+
+    # -- writes --------------------------------------------------------------------------------
+    async def decide(
+        self,
+        approval_id: str,
+        *,
+        person: str,
+        decision: str,
+        comment: str | None = None,
+        channel: str = "api",
+        on_behalf_of: str | None = None,
+    ) -> StoredApproval:
+        """Record one person's vote; the approval moves on when its stage is met."""
+        try:
+            vote_decision = VoteDecision(decision)
+        except ValueError:
+            raise ApprovalError("invalid_decision", "decision must be approve or deny") from None
+        comment = (comment or "").strip() or None
+
+        def step(a: Approval, now: datetime) -> workflow.Transition:
+            vote = Vote(
+                person=person,
+                decision=vote_decision,
+                stage_index=a.stage_index,
+                at=now,
+                comment=comment,
+                channel=channel,
+                on_behalf_of=on_behalf_of,
+            )
+            return workflow.cast_vote(a, vote, now)
+
+        def refused_entry(
+            stored: StoredApproval, exc: workflow.Rejected, now: datetime
+        ) -> AuditDraft:
+            return self._draft(
+                Kind.VOTE + ".rejected",
+                stored,
+                now,
+                approver=person,
+                channel=channel,
+                data={"code": exc.code, "reason": exc.message, "decision": decision},
+            )
+
+        return await self._change(approval_id, step, refused_entry, person=person, channel=channel)
+
+    async def release(self, approval_id: str, binding_hash: str) -> StoredApproval:
+        """The agent claims the approved call: only the exact call approved, only once."""
+        return await self._change(
+            approval_id, lambda a, now: workflow.release(a, binding_hash, now), None
+        )
+
+    async def report_result(
+        self, approval_id: str, state: str, result: str | None = None
+    ) -> StoredApproval:
+        try:
+            execution = ExecutionState(state)
+        except ValueError:
+            raise ApprovalError("invalid_state", "state must be succeeded or failed") from None
+        return await self._change(
+            approval_id, lambda a, now: workflow.record_result(a, execution, result, now), None
+        )
+
+    async def cancel(self, approval_id: str, reason: str, by: str | None = None) -> StoredApproval:
+        return await self._change(
+            approval_id, lambda a, now: workflow.cancel(a, now, reason), None, person=by
+        )
+
+    async def expire_due(self, limit: int = 500) -> int:
+        """Expire every pending approval past its deadline (the scheduler's job)."""
+        now = self.clock()
+        async with self.db.aconnect() as conn:
+            due = await conn.run_sync(lambda c: records.due_for_expiry(c, now, limit))
+        for approval_id in due:
+            await self._expire(approval_id)
+        return len(due)
+
+    async def next_expiry(self) -> datetime | None:
+        async with self.db.aconnect() as conn:
+            return await conn.run_sync(records.next_expiry)
+
+    async def counts(self) -> dict[str, int]:
+        async with self.db.aconnect() as conn:
+            return await conn.run_sync(records.count_by_state)
+
+    # -- internals -----------------------------------------------------------------------------
+    async def _read(self, approval_id: str) -> StoredApproval:
+        async with self.db.aconnect() as conn:
+            stored = await conn.run_sync(lambda c: records.load(c, approval_id))
+        if stored is None:
+            raise ApprovalNotFound(approval_id)
+        return stored
+
+    async def _expire(self, approval_id: str) -> StoredApproval:
+        return await self._change(approval_id, lambda a, now: workflow.expire(a, now), None)
+
+    async def _change(
+        self,
+        approval_id: str,
+        step: Callable[[Approval, datetime], workflow.Transition],
+        refused_entry: Callable[[StoredApproval, workflow.Rejected, datetime], AuditDraft] | None,
+        *,
+        person: str | None = None,
+        channel: str | None = None,
+    ) -> StoredApproval:
+        """Load, apply the pure step, save with compare-and-set and audit — one transaction."""
+        events: tuple[str, ...] = ()
+
+        def work(tx: WriteTx) -> StoredApproval | _Refusal:
+            nonlocal events
+            now = self.clock()
+            stored = records.load(tx.conn, approval_id)
+            if stored is None:
+                return _Refusal(ApprovalNotFound(approval_id), None)
+            try:
+                transition = step(stored.approval, now)
+            except workflow.Rejected as exc:
+                saved = stored
+                if exc.transition is not None and exc.transition.changed:
+                    saved = self._save(tx, stored, exc.transition, now, person, channel)
+                    events = exc.transition.kinds
+                if refused_entry is not None:
+                    tx.audit(refused_entry(saved, exc, now))
+                return _Refusal(VoteRefused(exc.code, exc.message), saved)
+            if not transition.changed:
+                return stored
+            events = transition.kinds
+            return self._save(tx, stored, transition, now, person, channel)
+
+        for attempt in range(self.MAX_RETRIES):
+            try:
+                outcome = await self.writer.run(work)
+                break
+            except Conflict:
+                if attempt == self.MAX_RETRIES - 1:
+                    raise ApprovalError(
+                        "conflict", "the approval kept changing; try again"
+                    ) from None
+        if isinstance(outcome, _Refusal):
+            if outcome.stored is not None and events:
+                self._changed(outcome.stored, events)
+            raise outcome.error
+        if events:
+            self._changed(outcome, events)
+        return outcome
+
+    def _save(
+        self,
+        tx: WriteTx,
+        stored: StoredApproval,
+        transition: workflow.Transition,
+        now: datetime,
+        person: str | None,
+        channel: str | None,
+    ) -> StoredApproval:
+        records.save_transition(tx.conn, stored.approval, transition.approval)
+        after = stored.replace(transition.approval)
+        for event in transition.events:
+            kind, data = _audit_kind(event, transition.approval)
+            tx.audit(
+                self._draft(
+                    kind,
+                    after,
+                    now,
+                    approver=event.person or (person if kind != Kind.APPROVAL_EXPIRED else None),
+                    channel=channel,
+                    data=data,
+                )
+            )
+        return after
+
+    def _changed(self, stored: StoredApproval, events: tuple[str, ...]) -> None:
+        if stored.approval.is_final or "approval.released" in events:
+            self.waiters.wake(stored.approval.id)
+        for listener in self.on_change:
+            listener(stored, events)
+
+    @staticmethod
+    def _draft(
+        kind: str,
+        stored: StoredApproval,
+        now: datetime,
+        *,
+        approver: str | None = None,
+        channel: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> AuditDraft:
+        a = stored.approval
+        return AuditDraft(
+            kind=kind,
+            ts=now,
+            actor=a.requester or stored.agent,
+            approver=approver,
+            channel=channel,
+            action=a.action,
+            params_hash=stored.params_hash,
+            effect=a.state.value,
+            rule_ids=stored.rules,
+            policy_version=stored.policy_version,
+            approval_id=a.id,
+            data=data or {},
+        )
+
+
+def _audit_kind(event: workflow.Event, approval: Approval) -> tuple[str, dict[str, Any]]:
+    kind = event.kind.value
+    data: dict[str, Any] = {"event": kind}
+    if event.stage_index is not None:
+        data["stage"] = event.stage_index
+        data["stage_name"] = approval.plan.stages[event.stage_index].name
+    if kind == "vote.recorded":
+        vote = next((v for v in reversed(approval.votes) if v.person == event.person), None)
+        if vote is not None:
+            data.update(decision=vote.decision.value, comment=vote.comment)
+            if vote.on_behalf_of:
+                data["on_behalf_of"] = vote.on_behalf_of
+        return Kind.VOTE, data
+    if kind in {"approval.approved", "approval.denied"}:
+        data["reason"] = approval.decided_reason
+        return Kind.APPROVAL_DECIDED, data
+    if kind == "approval.expired":
+        return Kind.APPROVAL_EXPIRED, data
+    if kind == "approval.cancelled":
+        data["reason"] = approval.decided_reason
+        return Kind.APPROVAL_CANCELLED, data
+    if kind == "approval.released":
+        return Kind.APPROVAL_RELEASED, data
+    if kind == "execution.recorded":
+        data.update(state=approval.execution_state, result=approval.execution_result)
+        return Kind.EXECUTION_RESULT, data
+    return kind, data

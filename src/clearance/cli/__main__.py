@@ -1,0 +1,5 @@
+"""`python -m clearance.cli` is the `clearance` command."""
+
+from . import main
+
+main()

@@ -1,0 +1,286 @@
+"""The gateway: policy + store + audit + approvals, the one object behind the SDK and the API.
+
+`Gateway.check` is the hot path. It evaluates the policy, and either appends the check's
+audit entry (allow, deny, block) or creates the approval together with that entry (approve) —
+returning only once they are committed, so no action is ever allowed unaudited.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+
+from .approvals import records, workflow
+from .approvals.records import StoredApproval
+from .approvals.service import ApprovalError, ApprovalService, Clock
+from .audit.entry import AuditDraft, Kind
+from .audit.writer import AuditWriter, WriteTx
+from .canonical import binding_hash, params_hash, redact
+from .policy import Decision, Effect, Engine, Policy, PolicyError, Request, load_policy
+from .store.database import Database, open_database
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///.clearance/clearance.db"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_approval_id() -> str:
+    return "apr_" + secrets.token_hex(12)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """A decision and, when it is `approve`, the approval it created (or found again)."""
+
+    decision: Decision
+    approval: StoredApproval | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = self.decision.to_json()
+        if self.approval is not None:
+            a = self.approval.approval
+            out["approval_id"] = a.id
+            out["state"] = a.state.value
+            out["expires_at"] = a.expires_at.isoformat()
+        return out
+
+
+class Gateway:
+    """Everything that decides, records and waits. One per process."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        db: Database,
+        writer: AuditWriter,
+        *,
+        clock: Clock = utcnow,
+        config_paths: Sequence[str | os.PathLike[str]] = (),
+        new_id: Callable[[], str] = new_approval_id,
+    ) -> None:
+        self.engine = Engine(policy)
+        self.db = db
+        self.writer = writer
+        self.clock = clock
+        self.config_paths = tuple(str(p) for p in config_paths)
+        self.approvals = ApprovalService(db, writer, clock=clock)
+        self._new_id = new_id
+        self.on_check: list[Callable[[CheckResult], None]] = []
+
+    @property
+    def policy(self) -> Policy:
+        return self.engine.policy
+
+    # -- opening and closing -------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls,
+        config: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        *,
+        database_url: str | None = None,
+        chain_id: str | None = None,
+        clock: Clock = utcnow,
+    ) -> Gateway:
+        """Load the policy, open (and migrate) the database, start the audit writer."""
+        paths = [config] if isinstance(config, str | os.PathLike) else list(config)
+        policy = load_policy(paths)
+        url = database_url or database_url_from(policy)
+        db = open_database(url)
+        db.migrate()
+        writer = AuditWriter(db, chain_id or os.environ.get("CLEARANCE_CHAIN_ID", "main"))
+        return cls(policy, db, writer, clock=clock, config_paths=paths)
+
+    async def aclose(self) -> None:
+        await self.writer.aclose()
+        await self.db.aclose()
+
+    # -- the hot path --------------------------------------------------------------------------
+    async def check(
+        self,
+        request: Request,
+        *,
+        idempotency_key: str | None = None,
+        agent: str | None = None,
+        channel: str = "api",
+    ) -> CheckResult:
+        """Evaluate `request`; audit it; create the approval when the policy says approve."""
+        agent = agent or request.actor.get("agent")
+        bind = binding_hash(request.action, request.params, request.actor)
+        if idempotency_key:
+            existing = await self._by_idempotency_key(idempotency_key, bind)
+            if existing is not None:
+                return existing
+        decision = self.engine.evaluate(request)
+        now = self.clock()
+        shown = redact(request.params, decision.redact) if decision.redact else request.params
+        phash = params_hash(shown)
+        entry = AuditDraft(
+            kind=Kind.CHECK,
+            ts=now,
+            actor=request.actor.get("user") or agent,
+            channel=channel,
+            action=request.action,
+            params_hash=phash,
+            effect=decision.effect.value,
+            rule_ids=decision.rules,
+            policy_version=decision.policy_version,
+            data=_check_data(decision, request, shown, agent, idempotency_key),
+        )
+        if decision.effect is not Effect.APPROVE or decision.approval is None:
+            await self.writer.append(entry)
+            result = CheckResult(decision)
+        else:
+            approval = workflow.open_approval(
+                approval_id=self._new_id(),
+                action=request.action,
+                params=shown,
+                binding_hash=bind,
+                actor=request.actor,
+                plan=decision.approval,
+                now=now,
+            )
+            stored = StoredApproval(
+                approval=approval,
+                agent=agent,
+                context=dict(request.context),
+                labels=tuple(request.labels),
+                decision=decision.to_json(),
+                rules=decision.rules,
+                reasons=decision.reasons,
+                policy_version=decision.policy_version,
+                params_hash=phash,
+                idempotency_key=idempotency_key,
+            )
+
+            def create(tx: WriteTx) -> None:
+                records.insert_approval(tx.conn, stored)
+                tx.audit(_with_approval(entry, approval.id))
+                tx.audit(
+                    AuditDraft(
+                        kind=Kind.APPROVAL_CREATED,
+                        ts=now,
+                        actor=entry.actor,
+                        channel=channel,
+                        action=request.action,
+                        params_hash=phash,
+                        effect="pending",
+                        rule_ids=decision.rules,
+                        policy_version=decision.policy_version,
+                        approval_id=approval.id,
+                        data={
+                            "plan": decision.approval.to_json() if decision.approval else None,
+                            "expires_at": approval.expires_at.isoformat(),
+                            "binding_hash": bind,
+                        },
+                    )
+                )
+
+            try:
+                await self.writer.run(create)
+            except Exception as exc:
+                # Two checks raced with one idempotency key: the loser returns the winner's.
+                if idempotency_key and _is_unique_violation(exc):
+                    again = await self._by_idempotency_key(idempotency_key, bind)
+                    if again is not None:
+                        return again
+                raise
+            result = CheckResult(decision, stored)
+        for listener in self.on_check:
+            listener(result)
+        return result
+
+    async def _by_idempotency_key(self, key: str, bind: str) -> CheckResult | None:
+        async with self.db.aconnect() as conn:
+            found = await conn.run_sync(lambda c: records.find_id_by_idempotency_key(c, key))
+        if found is None:
+            return None
+        stored = await self.approvals.get(found)
+        if stored.approval.binding_hash != bind:
+            raise ApprovalError(
+                "idempotency_conflict",
+                "this idempotency key was used for a different request (action, params or "
+                "actor differ); use a new key for a new request",
+            )
+        return CheckResult(Decision.from_json(stored.decision), stored)
+
+    # -- policy reload -------------------------------------------------------------------------
+    async def reload(self, by: str | None = None) -> tuple[bool, str]:
+        """Load the policy files again. A bad file is rejected and audited; the old one stays."""
+        now = self.clock()
+        old = self.engine.version
+        try:
+            policy = load_policy(self.config_paths)
+        except PolicyError as exc:
+            message = str(exc)
+            await self.writer.append(
+                AuditDraft(
+                    kind=Kind.POLICY_RELOAD_FAILED,
+                    ts=now,
+                    actor=by,
+                    policy_version=old,
+                    data={"problems": [str(p) for p in exc.problems][:50]},
+                )
+            )
+            return False, message
+        self.engine = Engine(policy)
+        await self.writer.append(
+            AuditDraft(
+                kind=Kind.POLICY_RELOAD,
+                ts=now,
+                actor=by,
+                policy_version=policy.version,
+                data={"previous": old, "rules": len(policy.rules)},
+            )
+        )
+        return True, policy.version
+
+
+def database_url_from(policy: Policy) -> str:
+    server = policy.settings.get("server") or {}
+    url = os.environ.get("CLEARANCE_DATABASE_URL") or server.get("database_url")
+    return str(url) if url else DEFAULT_DATABASE_URL
+
+
+def _check_data(
+    decision: Decision,
+    request: Request,
+    shown: dict[str, Any],
+    agent: str | None,
+    idempotency_key: str | None,
+) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "decision_id": decision.decision_id,
+        "reasons": list(decision.reasons),
+        "params": shown,
+    }
+    if request.actor:
+        data["actor"] = dict(request.actor)
+    if agent:
+        data["agent"] = agent
+    if request.labels:
+        data["labels"] = list(request.labels)
+    if decision.alert:
+        data["alert"] = list(decision.alert)
+    if idempotency_key:
+        data["idempotency_key"] = idempotency_key
+    return data
+
+
+def _with_approval(draft: AuditDraft, approval_id: str) -> AuditDraft:
+    return dataclasses.replace(draft, approval_id=approval_id)
+
+
+def _is_unique_violation(exc: BaseException) -> bool:
+    return isinstance(exc, IntegrityError)
+
+
+__all__ = ["CheckResult", "Gateway", "database_url_from", "utcnow"]

@@ -1,0 +1,1 @@
+"""Who is calling: agent and personal API keys, approver passwords and browser sessions."""

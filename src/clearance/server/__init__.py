@@ -1,0 +1,1 @@
+"""The HTTP server: API, channel callbacks and the web inbox."""

@@ -1,0 +1,183 @@
+"""The HTTP API's bodies, as pydantic models: they are what /openapi.json documents."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..approvals.records import StoredApproval
+from ..directory import Directory
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CheckIn(_In):
+    action: str = Field(min_length=1, max_length=255, examples=["payments.transfer"])
+    params: dict[str, Any] = Field(default_factory=dict, examples=[{"amount": 2000}])
+    actor: dict[str, str] = Field(default_factory=dict, examples=[{"user": "carol"}])
+    context: dict[str, Any] = Field(default_factory=dict)
+    labels: list[str] = Field(default_factory=list)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+
+
+class StageOut(BaseModel):
+    name: str
+    approvers: list[str] | None = None
+    required: int | None = None
+    all_of: list[dict[str, Any]] | None = None
+
+
+class PlanOut(BaseModel):
+    stages: list[StageOut]
+    timeout_s: int
+
+
+class DecisionOut(BaseModel):
+    effect: Literal["allow", "deny", "approve", "block"]
+    rules: list[str]
+    reasons: list[str]
+    approval: PlanOut | None = None
+    policy_version: str
+    decision_id: str
+    alert: list[str] | None = None
+    errors: list[str] | None = None
+    approval_id: str | None = None
+    state: str | None = None
+    expires_at: str | None = None
+
+
+class VoteOut(BaseModel):
+    person: str
+    name: str
+    decision: Literal["approve", "deny"]
+    comment: str | None
+    channel: str
+    stage: int
+    at: str
+
+
+class StageProgressOut(BaseModel):
+    name: str
+    requirements: list[dict[str, Any]]
+
+
+class ApprovalOut(BaseModel):
+    id: str
+    state: Literal["pending", "approved", "denied", "expired", "cancelled"]
+    action: str
+    params: dict[str, Any]
+    actor: dict[str, Any]
+    agent: str | None
+    requester: str | None
+    rules: list[str]
+    reasons: list[str]
+    stage_index: int
+    stages: list[StageProgressOut]
+    votes: list[VoteOut]
+    created_at: str
+    expires_at: str
+    decided_at: str | None
+    decided_reason: str | None
+    released_at: str | None
+    execution_state: str | None
+    execution_result: str | None
+    policy_version: str
+    summary: str
+
+
+class ApprovalList(BaseModel):
+    approvals: list[ApprovalOut]
+
+
+class DecisionIn(_In):
+    decision: Literal["approve", "deny"]
+    comment: str | None = Field(default=None, max_length=4000)
+
+
+class ReleaseIn(_In):
+    action: str = Field(min_length=1, max_length=255)
+    params: dict[str, Any] = Field(default_factory=dict)
+    actor: dict[str, str] = Field(default_factory=dict)
+
+
+class ResultIn(_In):
+    state: Literal["succeeded", "failed"]
+    result: str | None = Field(default=None, max_length=100_000)
+
+
+class CancelIn(_In):
+    reason: str = Field(min_length=1, max_length=4000)
+
+
+class ErrorOut(BaseModel):
+    error: str
+    message: str
+
+
+class VerifyOut(BaseModel):
+    ok: bool
+    entries: int
+    chains: list[dict[str, Any]]
+    problems: list[dict[str, Any]]
+
+
+class ReloadOut(BaseModel):
+    ok: bool
+    policy_version: str | None = None
+    problems: str | None = None
+
+
+def approval_out(stored: StoredApproval, directory: Directory) -> ApprovalOut:
+    from ..approvals import workflow
+
+    a = stored.approval
+    stages = []
+    for i, stage in enumerate(a.plan.stages):
+        reqs = []
+        for progress in a.stage_progress(i):
+            reqs.append(
+                {
+                    "approvers": list(progress.approvers),
+                    "required": progress.required,
+                    "counted": list(progress.counted),
+                    "needed": progress.needed,
+                }
+            )
+        stages.append(StageProgressOut(name=stage.name, requirements=reqs))
+    return ApprovalOut(
+        id=a.id,
+        state=a.state.value,
+        action=a.action,
+        params=a.params,
+        actor=a.actor,
+        agent=stored.agent,
+        requester=a.requester,
+        rules=list(stored.rules),
+        reasons=list(stored.reasons),
+        stage_index=a.stage_index,
+        stages=stages,
+        votes=[
+            VoteOut(
+                person=v.person,
+                name=directory.display_name(v.person),
+                decision=v.decision.value,
+                comment=v.comment,
+                channel=v.channel,
+                stage=v.stage_index,
+                at=v.at.isoformat(),
+            )
+            for v in a.votes
+        ],
+        created_at=a.created_at.isoformat(),
+        expires_at=a.expires_at.isoformat(),
+        decided_at=a.decided_at.isoformat() if a.decided_at else None,
+        decided_reason=a.decided_reason,
+        released_at=a.released_at.isoformat() if a.released_at else None,
+        execution_state=a.execution_state.value if a.execution_state else None,
+        execution_result=a.execution_result,
+        policy_version=stored.policy_version,
+        summary=workflow.summary(a),
+    )
