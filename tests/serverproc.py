@@ -32,9 +32,17 @@ class ServerProcess:
 
     def start(self, timeout: float = 30.0) -> None:
         cmd = [
-            sys.executable, "-m", "clearance.cli", "serve", "--config", str(self.config),
-            "--database-url", self.database_url, "--port", str(self.port),
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "clearance.cli",
+            "serve",
+            "--config",
+            str(self.config),
+            "--database-url",
+            self.database_url,
+            "--port",
+            str(self.port),
+        ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)

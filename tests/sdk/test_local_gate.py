@@ -66,8 +66,10 @@ async def test_denials_blocks_and_expiry_raise_with_reasons(gate: LocalGate) -> 
         await gate.require_approval("hr.fire_everyone", actor=CAROL)
     with pytest.raises(ActionBlocked, match="Suspicious"):
         await gate.require_approval(
-            "payments.transfer", {"amount": 1, "destination_country": "US"},
-            actor=CAROL, context={"suspicious": True},
+            "payments.transfer",
+            {"amount": 1, "destination_country": "US"},
+            actor=CAROL,
+            context={"suspicious": True},
         )
     waiting = asyncio.create_task(
         gate.require_approval(
@@ -85,8 +87,10 @@ async def test_denials_blocks_and_expiry_raise_with_reasons(gate: LocalGate) -> 
     assert info.value.approval_id == pending[0].approval.id
     with pytest.raises(ApprovalExpired, match="still pending"):
         await gate.require_approval(
-            "payments.transfer", {"amount": 2500, "destination_country": "US"},
-            actor=CAROL, timeout=0.05,
+            "payments.transfer",
+            {"amount": 2500, "destination_country": "US"},
+            actor=CAROL,
+            timeout=0.05,
         )
 
 

@@ -25,7 +25,8 @@ async def test_remote_require_approval_round_trip(gateway: Gateway, keys: Keys) 
     try:
         task = asyncio.create_task(
             gate.require_approval(
-                "payments.transfer", {"amount": 2000, "destination_country": "US"},
+                "payments.transfer",
+                {"amount": 2000, "destination_country": "US"},
                 actor={"user": "carol"},
             )
         )

@@ -9,8 +9,8 @@ import pytest
 
 from clearance.gateway import Gateway
 
-from ..fixtures import FrozenClock, Keys
 from ..conftest import auth
+from ..fixtures import FrozenClock, Keys
 
 TRANSFER = {
     "action": "payments.transfer",
@@ -192,8 +192,12 @@ async def test_expiry_is_seen_on_read(
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"authorization": "Bearer nope"}, {"authorization": "Basic abc"},
-     {"authorization": "Bearer clr_abc_def"}],
+    [
+        {},
+        {"authorization": "Bearer nope"},
+        {"authorization": "Basic abc"},
+        {"authorization": "Bearer clr_abc_def"},
+    ],
 )
 async def test_missing_or_wrong_key_is_401(
     client: httpx.AsyncClient, headers: dict[str, str]

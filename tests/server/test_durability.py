@@ -31,11 +31,13 @@ async def test_kill_9_with_100_pending_approvals(tmp_path: Path) -> None:
             for i in range(100):
                 response = await http.post(
                     "/v1/checks",
-                    json={"action": "payments.transfer",
-                          "params": {"amount": 1000 + i, "destination_country": "US"},
-                          "actor": {"user": "carol"}},
+                    json={
+                        "action": "payments.transfer",
+                        "params": {"amount": 1000 + i, "destination_country": "US"},
+                        "actor": {"user": "carol"},
+                    },
                     headers={"authorization": f"Bearer {keys.agent}"},
-                )  # fmt: skip
+                )
                 assert response.status_code == 200, response.text
                 ids.append(response.json()["approval_id"])
         waiting = asyncio.create_task(agent.wait(ids[0], timeout=120))

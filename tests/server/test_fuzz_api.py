@@ -38,10 +38,22 @@ def test_schemathesis_finds_no_server_error(live: tuple[ServerProcess, Keys], wh
     st = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
     assert st is not None, "schemathesis is a test dependency"
     cmd = [
-        st, "run", f"{server.url}/openapi.json", "--checks", "not_a_server_error",
-        "--max-examples", "25", "--seed", "7", "--request-timeout", "40",
-        "--workers", "1", "--exclude-path-regex", "/wait$",
-    ]  # fmt: skip
+        st,
+        "run",
+        f"{server.url}/openapi.json",
+        "--checks",
+        "not_a_server_error",
+        "--max-examples",
+        "25",
+        "--seed",
+        "7",
+        "--request-timeout",
+        "40",
+        "--workers",
+        "1",
+        "--exclude-path-regex",
+        "/wait$",
+    ]
     if token:
         cmd += ["-H", f"Authorization: Bearer {token}"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

@@ -8,20 +8,19 @@ import json
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import typer
 from rich.table import Table
 
-from ..approvals import workflow
-from ..approvals.records import StoredApproval
-from ..audit.entry import AuditDraft, Kind
-from ..gateway import Gateway
-from ..identity import keys, passwords
 from ..policy import PolicyError
-from ..store.errors import StoreUnavailable
 from .output import console, errors, fail, print_json, report_policy_error
 from .policy_cmds import ConfigOpt, config_paths, parse_json_object, parse_kv
+
+if TYPE_CHECKING:  # the gateway and the store load only for the commands that use them
+    from ..approvals.records import StoredApproval
+    from ..gateway import Gateway
+    from ..identity.keys import NewKey
 
 T = TypeVar("T")
 DEMO_PASSWORD = "clearance-demo"  # noqa: S105 - the documented demo password for `make run`
@@ -39,6 +38,9 @@ DatabaseOpt = Annotated[
 
 
 def open_gateway(config: list[Path] | None, database_url: str | None = None) -> Gateway:
+    from ..gateway import Gateway
+    from ..store.errors import StoreUnavailable
+
     try:
         return Gateway.open(config_paths(config), database_url=database_url)
     except PolicyError as exc:
@@ -51,6 +53,8 @@ def with_gateway(
     config: list[Path] | None, database_url: str | None, work: Callable[[Gateway], Awaitable[T]]
 ) -> T:
     """Open the gateway, run `work` on an event loop, close it — with plain-language errors."""
+    from ..store.errors import StoreUnavailable
+
     gateway = open_gateway(config, database_url)
 
     async def main() -> T:
@@ -85,10 +89,18 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the gateway: HTTP API, web inbox at /ui, metrics at /metrics."""
         from ..server.run import serve as run
+        from ..store.errors import StoreUnavailable
 
         paths = config_paths(config)
         try:
-            run(paths, host=host, port=port, database_url=database_url, json_logs=not pretty_logs)
+            run(
+                paths,
+                host=host,
+                port=port,
+                database_url=database_url,
+                json_logs=not pretty_logs,
+                announce=pretty_logs,
+            )
         except PolicyError as exc:
             report_policy_error(exc)
         except StoreUnavailable as exc:
@@ -102,6 +114,9 @@ def register(app: typer.Typer) -> None:
         database_url: DatabaseOpt = None,
     ) -> None:
         """Set up demo sign-ins and an agent key (once), print how to try it, then serve."""
+        from ..audit.entry import AuditDraft, Kind
+        from ..identity import keys, passwords
+
         gateway = open_gateway(config, database_url)
         now = gateway.clock()
         people = list(gateway.policy.directory.people)
@@ -113,7 +128,8 @@ def register(app: typer.Typer) -> None:
                     passwords.set_password(tx.conn, person, DEMO_PASSWORD, now)
                     created.append(person)
             token = None
-            if not DEMO_KEY_FILE.exists():
+            saved = DEMO_KEY_FILE.read_text().strip() if DEMO_KEY_FILE.exists() else ""
+            if not saved or keys.verify_token(tx.conn, saved, now) is None:
                 new = keys.create_key(
                     tx.conn, kind="agent", subject=DEMO_AGENT, now=now, label="make run demo"
                 )
@@ -135,7 +151,9 @@ def register(app: typer.Typer) -> None:
             DEMO_KEY_FILE.chmod(0o600)
         asyncio.run(gateway.aclose())
         url = f"http://{host}:{port}"
-        console.print(f"\n[bold]Clearance[/] is starting at [bold]{url}[/]")
+        console.print(
+            f"\n[bold]Clearance[/] is starting at [bold]{url}[/] (ready when uvicorn says so below)"
+        )
         console.print(f"  web inbox:  {url}/ui")
         if created:
             console.print(f"  demo sign-ins (password [bold]{DEMO_PASSWORD}[/], demo only):")
@@ -194,10 +212,11 @@ def register(app: typer.Typer) -> None:
                 )
                 status = await gate.wait(result.approval_id, timeout)
                 who = ", ".join(status.approvers)
+                reason = status.decided_reason if status.state != "approved" else None
                 console.print(
                     f"{status.state.upper()}"
                     + (f" by {who}" if who else "")
-                    + (f": {status.decided_reason}" if status.decided_reason else "")
+                    + (f": {reason}" if reason else "")
                 )
                 return 0 if status.state == "approved" else 2
             except ActionRefused as exc:
@@ -221,17 +240,20 @@ def register(app: typer.Typer) -> None:
         database_url: DatabaseOpt = None,
     ) -> None:
         """Create an API key. It is shown once; only its hash is stored."""
+        from ..audit.entry import AuditDraft, Kind
+        from ..identity import keys
+
         if bool(agent) == bool(person):
             fail("give exactly one of --agent NAME or --person ID")
         gateway = open_gateway(config, database_url)
         if person and gateway.policy.directory.get(person) is None:
             asyncio.run(gateway.aclose())
             fail(f"no person {person!r} in the directory")
-        kind: keys.KeyKind = "agent" if agent else "person"
+        kind: Literal["agent", "person"] = "agent" if agent else "person"
         subject = agent or person or ""
         now = gateway.clock()
 
-        def create(tx: Any) -> keys.NewKey:
+        def create(tx: Any) -> NewKey:
             new = keys.create_key(tx.conn, kind=kind, subject=subject, now=now, label=label)
             tx.audit(
                 AuditDraft(
@@ -251,6 +273,8 @@ def register(app: typer.Typer) -> None:
     @keys_app.command("list")
     def keys_list(config: ConfigOpt = None, database_url: DatabaseOpt = None) -> None:
         """List API keys (never their secrets)."""
+        from ..identity import keys
+
         gateway = open_gateway(config, database_url)
         with gateway.db.connect() as conn:
             found = keys.list_keys(conn)
@@ -272,6 +296,9 @@ def register(app: typer.Typer) -> None:
         key_id: str, config: ConfigOpt = None, database_url: DatabaseOpt = None
     ) -> None:
         """Revoke an API key at once."""
+        from ..audit.entry import AuditDraft, Kind
+        from ..identity import keys
+
         gateway = open_gateway(config, database_url)
         now = gateway.clock()
 
@@ -298,6 +325,8 @@ def register(app: typer.Typer) -> None:
         database_url: DatabaseOpt = None,
     ) -> None:
         """Set an approver's web-inbox password (argon2-hashed)."""
+        from ..identity import passwords
+
         gateway = open_gateway(config, database_url)
         if gateway.policy.directory.get(person) is None:
             asyncio.run(gateway.aclose())
@@ -331,6 +360,8 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json")] = False,
     ) -> None:
         """List approvals, newest first."""
+        from ..approvals import workflow
+
         found = with_gateway(
             config, database_url, lambda g: g.approvals.list(state=state, limit=limit)
         )
@@ -467,6 +498,8 @@ def register(app: typer.Typer) -> None:
 
 
 def _print_approval(stored: StoredApproval) -> None:
+    from ..approvals import workflow
+
     a = stored.approval
     console.print(f"[bold]{a.id}[/] {a.action} — {a.state.value}")
     console.print(

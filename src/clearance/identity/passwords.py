@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 
 from argon2 import PasswordHasher
@@ -12,9 +13,13 @@ from ..store.schema import credentials
 
 _hasher = PasswordHasher()
 MIN_LENGTH = 8
-# Verified against when a person has no password, so that "unknown person" and "wrong
-# password" take the same time.
-_DUMMY = _hasher.hash("not-a-real-password")
+
+
+@functools.cache
+def _dummy() -> str:
+    """Verified against when a person has no password, so that "unknown person" and "wrong
+    password" take the same time. Built on first use (hashing costs ~0.1 s)."""
+    return _hasher.hash("not-a-real-password")
 
 
 class WeakPassword(ValueError):
@@ -40,7 +45,7 @@ def check_password(conn: Connection, person_id: str, password: str) -> bool:
         select(credentials.c.password_hash).where(credentials.c.person_id == person_id)
     ).scalar_one_or_none()
     try:
-        _hasher.verify(stored or _DUMMY, password)
+        _hasher.verify(stored or _dummy(), password)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
     return stored is not None

@@ -136,6 +136,10 @@ def create_app(gateway: Gateway, *, scheduler: bool = True, inbox: bool = True) 
 
         inbox_module.install(app)
 
+    @app.get("/livez", summary="Liveness only (no database): the process answers")
+    async def livez() -> dict[str, str]:
+        return {"status": "ok"}
+
     @app.get("/healthz", summary="Liveness and database reachability")
     async def healthz() -> JSONResponse:
         try:

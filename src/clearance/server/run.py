@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -39,6 +38,7 @@ def serve(
     database_url: str | None = None,
     json_logs: bool = True,
     inbox: bool = True,
+    announce: bool = False,
 ) -> None:
     configure_logging(json_logs)
     gateway = Gateway.open(config, database_url=database_url)
@@ -51,7 +51,7 @@ def serve(
         app,
         host=host,
         port=port,
-        log_level=logging.getLevelName(logging.WARNING).lower(),
+        log_level="info" if announce else "warning",
         access_log=False,
         lifespan="on",
     )
