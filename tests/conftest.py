@@ -15,8 +15,9 @@ import pytest
 
 from clearance.gateway import Gateway
 from clearance.server.app import create_app
+from clearance.testing import FrozenClock
 
-from .fixtures import FrozenClock, Keys, make_keys, open_gateway
+from .fixtures import Keys, make_keys, open_gateway
 
 if importlib.util.find_spec("tests.conftest_db") is not None:
     pytest_plugins = ["tests.conftest_db"]

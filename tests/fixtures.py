@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from clearance.gateway import Gateway
@@ -11,19 +10,6 @@ from clearance.identity import keys, passwords
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTERPRISE = ROOT / "examples" / "enterprise" / "clearance.yaml"
-
-
-class FrozenClock:
-    """A clock that only moves when told to (`advance`)."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self.now = start or datetime(2026, 11, 24, 14, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
 
 
 @dataclass

@@ -75,6 +75,10 @@ class Gateway:
         self.approvals = ApprovalService(db, writer, clock=clock)
         self._new_id = new_id
         self.on_check: list[Callable[[CheckResult], None]] = []
+        # Inside a blocked check's transaction: queue alerts to the people the rule names.
+        self.on_alert: list[
+            Callable[[WriteTx, tuple[str, ...], dict[str, Any], datetime], None]
+        ] = []
 
     @property
     def policy(self) -> Policy:
@@ -135,7 +139,23 @@ class Gateway:
             policy_version=decision.policy_version,
             data=_check_data(decision, request, shown, agent, idempotency_key),
         )
-        if decision.effect is not Effect.APPROVE or decision.approval is None:
+        if decision.effect is Effect.BLOCK and decision.alert and self.on_alert:
+            alert = {
+                "action": request.action,
+                "reasons": list(decision.reasons),
+                "requester": request.actor.get("user"),
+                "agent": agent,
+                "decision_id": decision.decision_id,
+            }
+
+            def block(tx: WriteTx) -> None:
+                tx.audit(entry)
+                for hook in self.on_alert:
+                    hook(tx, decision.alert, alert, now)
+
+            await self.writer.run(block)
+            result = CheckResult(decision)
+        elif decision.effect is not Effect.APPROVE or decision.approval is None:
             await self.writer.append(entry)
             result = CheckResult(decision)
         else:
@@ -183,6 +203,8 @@ class Gateway:
                         },
                     )
                 )
+                for hook in self.approvals.in_transaction:
+                    hook(tx, stored, ("approval.created",), now)
 
             try:
                 await self.writer.run(create)

@@ -8,9 +8,10 @@ import httpx
 import pytest
 
 from clearance.gateway import Gateway
+from clearance.testing import FrozenClock
 
 from ..conftest import auth
-from ..fixtures import FrozenClock, Keys
+from ..fixtures import Keys
 
 TRANSFER = {
     "action": "payments.transfer",

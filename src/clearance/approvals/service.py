@@ -24,6 +24,7 @@ from .model import Approval, ApprovalState, ExecutionState, Vote, VoteDecision
 from .records import Conflict, StoredApproval
 
 Clock = Callable[[], datetime]
+InTransaction = Callable[[WriteTx, StoredApproval, tuple[str, ...], datetime], None]
 
 
 class ApprovalError(Exception):
@@ -97,7 +98,10 @@ class ApprovalService:
         self.writer = writer
         self.clock = clock
         self.waiters = Waiters()
+        # After a change commits (metrics, wake-ups of dispatchers):
         self.on_change: list[Callable[[StoredApproval, tuple[str, ...]], None]] = []
+        # Inside the change's transaction (queueing channel messages in the outbox):
+        self.in_transaction: list[InTransaction] = []
 
     # -- reads ---------------------------------------------------------------------------------
     async def get(self, approval_id: str) -> StoredApproval:
@@ -310,6 +314,8 @@ class ApprovalService:
                     data=data,
                 )
             )
+        for hook in self.in_transaction:
+            hook(tx, after, transition.kinds, now)
         return after
 
     def _changed(self, stored: StoredApproval, events: tuple[str, ...]) -> None:

@@ -16,9 +16,10 @@ from sqlalchemy import text
 
 from .. import __version__
 from ..approvals.service import ApprovalError
+from ..channels.hub import ChannelHub
 from ..gateway import Gateway
 from ..store.errors import StoreUnavailable
-from . import api
+from . import api, hooks
 from .auth import KeyCache
 from .errors import HTTPProblem
 from .metrics import Metrics
@@ -86,14 +87,20 @@ def _too_large(limit: int) -> JSONResponse:
     )
 
 
-def create_app(gateway: Gateway, *, scheduler: bool = True, inbox: bool = True) -> FastAPI:
-    """The application for one gateway. `scheduler` runs expiry in the background."""
+def create_app(
+    gateway: Gateway, *, scheduler: bool = True, inbox: bool = True, channels: bool = True
+) -> FastAPI:
+    """The application for one gateway. `scheduler` runs expiry and channel delivery in the
+    background; `channels` loads the channels the settings configure."""
+    hub = ChannelHub.from_settings(gateway) if channels else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tasks: list[asyncio.Task[None]] = []
         if scheduler:
             tasks.append(asyncio.create_task(_expiry_loop(app)))
+            if hub is not None and hub.channels:
+                tasks.append(asyncio.create_task(hub.dispatcher.run()))
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(
@@ -109,6 +116,8 @@ def create_app(gateway: Gateway, *, scheduler: bool = True, inbox: bool = True) 
                     await task
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signal.SIGHUP)
+            if hub is not None:
+                await hub.aclose()
 
     app = FastAPI(
         title="Clearance",
@@ -121,6 +130,7 @@ def create_app(gateway: Gateway, *, scheduler: bool = True, inbox: bool = True) 
     app.state.key_cache = KeyCache()
     app.state.metrics = Metrics()
     app.state.wake_scheduler = asyncio.Event()
+    app.state.channels = hub
     gateway.approvals.on_change.append(app.state.metrics.observe_change)
 
     def _new_approval(result: Any) -> None:
@@ -131,6 +141,7 @@ def create_app(gateway: Gateway, *, scheduler: bool = True, inbox: bool = True) 
     app.add_middleware(BodyLimit)
     _install_errors(app)
     app.include_router(api.router)
+    app.include_router(hooks.router)
     if inbox:
         from . import inbox as inbox_module
 

@@ -50,7 +50,10 @@ __all__ = [
     "audit_checkpoints",
     "audit_entries",
     "audit_heads",
+    "channel_events",
+    "channel_tokens",
     "credentials",
+    "deliveries",
     "metadata",
     "outbox",
     "sessions",
@@ -275,4 +278,46 @@ outbox = Table(
     Column("sent_at", UTCDateTime()),
     Column("last_error", Text()),
     Index("ix_outbox_sent_at_available_at", "sent_at", "available_at"),
+)
+
+
+# -- channels (migration 0002) -------------------------------------------------------------------
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", _SERIAL, primary_key=True, autoincrement=True),
+    Column("approval_id", String(64), nullable=False),
+    Column("person", String(255), nullable=False),
+    Column("channel", String(64), nullable=False),
+    Column("stage_index", Integer(), nullable=False),
+    Column("status", String(16), nullable=False),  # sent | failed
+    Column("message_ref", JSONText()),  # the platform's handle, to update the message later
+    Column("attempts", Integer(), nullable=False, server_default="0"),
+    Column("last_error", Text()),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("approval_id", "person", "channel", "stage_index"),
+    CheckConstraint(_in("status", ("sent", "failed")), name="status"),
+    Index("ix_deliveries_approval_id", "approval_id"),
+)
+
+channel_tokens = Table(
+    "channel_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),  # sha256 hex of the opaque token
+    Column("approval_id", String(64), nullable=False),
+    Column("person", String(255), nullable=False),
+    Column("channel", String(64), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("used_at", UTCDateTime()),
+)
+
+channel_events = Table(
+    "channel_events",
+    metadata,
+    Column("channel", String(64), primary_key=True),
+    Column("event_id", String(255), primary_key=True),
+    Column("received_at", UTCDateTime(), nullable=False),
 )

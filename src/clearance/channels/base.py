@@ -1,0 +1,164 @@
+"""What a channel is: three translations between our neutral types and one platform.
+
+A channel sends an approval request to one person (`send`), refreshes that message when the
+request moves on (`update`), and turns the platform's callback into neutral `Interaction`s
+after verifying it (`parse_callback`). Everything else — routing, retries, identity mapping,
+eligibility, recording the vote — is shared and lives outside the channel (Bolt's adapter
+shape: the core never sees a platform type).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from ..directory import Person
+
+
+class ChannelError(Exception):
+    """Sending or updating failed. `retry` says whether trying again may help."""
+
+    def __init__(self, message: str, *, retry: bool = True) -> None:
+        super().__init__(message)
+        self.retry = retry
+
+
+class CallbackRejected(Exception):
+    """A callback that must not count: bad signature, stale, malformed. `status` for the reply."""
+
+    def __init__(self, message: str, status: int = 401) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class StageView:
+    index: int
+    name: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """An approval request (or its new state) as every channel renders it."""
+
+    approval_id: str
+    action: str
+    params: Mapping[str, Any]
+    reasons: tuple[str, ...]
+    requester: str | None
+    agent: str | None
+    stage: StageView
+    expires_at: datetime
+    state: str
+    status_line: str  # "Approved by Alice Ng at 14:02 — stage 1 of 2", or "Waiting for …"
+    approve_token: str | None = None  # opaque: names the request and recipient, grants nothing
+    deny_token: str | None = None
+    inbox_url: str = ""
+    recipient: Person | None = None
+
+    @property
+    def open(self) -> bool:
+        return self.state == "pending" and self.approve_token is not None
+
+    @property
+    def title(self) -> str:
+        return f"Approval needed: {self.action}"
+
+    def summary_lines(self) -> list[str]:
+        """The plain text every channel shows: what, with which arguments, why, until when."""
+        who = self.requester or self.agent or "an agent"
+        lines = [f"{who} wants to run {self.action}"]
+        for key, value in self.params.items():
+            lines.append(f"  {key}: {value}")
+        lines.extend(f"Why: {reason}" for reason in self.reasons)
+        lines.append(f"Stage {self.stage.index + 1} of {self.stage.count}: {self.stage.name}")
+        lines.append(f"Decide by {self.expires_at.strftime('%Y-%m-%d %H:%M UTC')}")
+        return lines
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """What the platform answered to a send: the handle to update the message later."""
+
+    ref: dict[str, Any]
+    response: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Interaction:
+    """A verified click (or text command) from the platform, in neutral terms."""
+
+    event_id: str  # the platform's id for this event: replays are dropped on it
+    user_id: str  # the platform's id of who clicked: mapped to a directory person
+    token: str | None = None  # the opaque token of the button, when there is one
+    approval_id: str | None = None  # from a text command (`/approve <id> …`)
+    decision: str | None = None  # approve | deny (from the button or the command)
+    comment: str | None = None
+    reply_ref: dict[str, Any] = field(default_factory=dict)  # where to answer, if anywhere
+
+
+@dataclass(frozen=True, slots=True)
+class RawRequest:
+    """An incoming HTTP callback, before anything trusts it."""
+
+    method: str
+    path: str
+    headers: Mapping[str, str]  # lower-case names
+    query: Mapping[str, str]
+    body: bytes
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackReply:
+    """What to answer the platform's HTTP call with."""
+
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """A verified callback: the interactions it carries, and the immediate reply."""
+
+    interactions: tuple[Interaction, ...] = ()
+    reply: CallbackReply = field(default_factory=CallbackReply)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the shared handler made of one interaction, for the channel's answer."""
+
+    interaction: Interaction
+    ok: bool
+    text: str
+    message: Message | None = None
+
+
+class Channel(Protocol):
+    """One platform. Constructed with its settings (from the config) and the public URL."""
+
+    name: str
+
+    async def send(self, message: Message, address: str) -> Sent:
+        """Deliver `message` to `address` (the person's id on this platform)."""
+        ...
+
+    async def update(self, ref: Mapping[str, Any], message: Message) -> None:
+        """Replace the earlier message (`ref` from `send`) with the new state."""
+        ...
+
+    async def parse_callback(self, request: RawRequest) -> Parsed:
+        """Verify (before parsing anything) and translate a callback; raise CallbackRejected."""
+        ...
+
+    async def acknowledge(self, outcome: Outcome) -> None:
+        """Tell the clicker what happened (an ephemeral reply, a toast), when the platform
+        has a way; the message itself is refreshed through `update`."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,420 @@
+"""The dispatcher: takes jobs from the outbox and talks to the channels.
+
+- `notify`: send one person the request through their route number `route`; on repeated
+  failure, fall back to their next route (ending with email), and when a stage has nobody
+  left to reach, say so at once: audit it, log it, show it on the request.
+- `update`: refresh every message sent for a request after it changed.
+- `alert`: tell a security person that an action was blocked.
+
+A job is done (`sent_at`) only after the platform accepted it and the delivery is recorded in
+the same transaction, so a crash after the platform's answer but before our commit is the
+only window in which a message can go out twice; channels pass an idempotency key where the
+platform accepts one (Discord's nonce, Standard Webhooks' id, an email Message-ID).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+
+from ..approvals.records import StoredApproval
+from ..approvals.service import ApprovalNotFound
+from ..audit.entry import AuditDraft
+from ..audit.writer import WriteTx
+from ..gateway import Gateway
+from . import deliveries, outbox, tokens
+from .base import Channel, ChannelError, Message, StageView
+from .message import build
+from .routing import Router
+
+log = structlog.get_logger("clearance.channels")
+
+MAX_ATTEMPTS = 4
+BACKOFF_S = (1.0, 5.0, 30.0, 120.0)
+IDLE_SLEEP_S = 30.0
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        gateway: Gateway,
+        channels: Mapping[str, Channel],
+        router: Router,
+        public_url: str,
+        *,
+        worker: str | None = None,
+    ) -> None:
+        self.gateway = gateway
+        self.channels = dict(channels)
+        self.router = router
+        self.public_url = public_url
+        self.worker = worker or f"{os.getpid()}-{secrets.token_hex(3)}"
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Forever: process due jobs, then sleep until the next is due or someone wakes us."""
+        while True:
+            try:
+                busy = await self.run_once()
+            except Exception as exc:  # the database may be away: keep going
+                log.warning("dispatcher_error", error=repr(exc))
+                busy = False
+            if busy:
+                continue
+            delay = IDLE_SLEEP_S
+            with contextlib.suppress(Exception):
+                due = await self._next_due()
+                if due is not None:
+                    delay = min(delay, max(0.0, (due - self.gateway.clock()).total_seconds()))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay + 0.01)
+
+    async def run_once(self, limit: int = 20) -> bool:
+        """Process the jobs due now; True when there were any."""
+        now = self.gateway.clock()
+        jobs = await self.gateway.writer.run(
+            lambda tx: outbox.claim(tx.conn, self.worker, now, limit)
+        )
+        for job in jobs:
+            try:
+                await self._process(job)
+            except Exception as exc:
+                log.error("job_failed", job=job.id, kind=job.kind, error=repr(exc))
+                await self._retry(job, f"internal error: {exc!r}")
+        return bool(jobs)
+
+    async def _next_due(self) -> datetime | None:
+        async with self.gateway.db.aconnect() as conn:
+            return await conn.run_sync(outbox.next_due)
+
+    # -- jobs ----------------------------------------------------------------------------------
+    async def _process(self, job: outbox.Job) -> None:
+        if job.kind == "notify":
+            await self._notify(job)
+        elif job.kind == "update":
+            await self._update(job)
+        elif job.kind == "alert":
+            await self._alert(job)
+        else:
+            await self._done(job)
+
+    async def _notify(self, job: outbox.Job) -> None:
+        directory = self.gateway.policy.directory
+        try:
+            stored = await self.gateway.approvals.get(job.approval_id or "")
+        except ApprovalNotFound:
+            await self._done(job)
+            return
+        a = stored.approval
+        stage = int(job.payload.get("stage", 0))
+        person = directory.get(job.recipient or "")
+        if a.state.value != "pending" or a.stage_index != stage or person is None:
+            await self._done(job)  # moved on: nothing to send any more
+            return
+        routes = self.router.routes(person)
+        route = int(job.payload.get("route", 0))
+        if route >= len(routes):
+            await self._unroutable(job, stored, person.id, stage)
+            return
+        channel_name, address = routes[route]
+        channel = self.channels[channel_name]
+        now = self.gateway.clock()
+        token = await self.gateway.writer.run(
+            lambda tx: tokens.issue(
+                tx.conn,
+                approval_id=a.id,
+                person=person.id,
+                channel=channel_name,
+                now=now,
+                expires_at=a.expires_at,
+            )
+        )
+        message = build(
+            stored, directory, public_url=self.public_url, recipient=person, token=token
+        )
+        try:
+            sent = await channel.send(message, address)
+        except ChannelError as exc:
+            await self._send_failed(
+                job, stored, person.id, channel_name, stage, str(exc), exc.retry
+            )
+            return
+        done_at = self.gateway.clock()
+
+        def record(tx: WriteTx) -> None:
+            deliveries.record(
+                tx.conn,
+                approval_id=a.id,
+                person=person.id,
+                channel=channel_name,
+                stage_index=stage,
+                status="sent",
+                now=done_at,
+                message_ref=sent.ref,
+                attempts=job.attempts + 1,
+            )
+            outbox.complete(tx.conn, job.id, done_at)
+            tx.audit(
+                self._draft(
+                    "delivery.sent",
+                    stored,
+                    done_at,
+                    person.id,
+                    channel_name,
+                    {"stage": stage, "route": route},
+                )
+            )
+
+        await self.gateway.writer.run(record)
+
+    async def _send_failed(
+        self,
+        job: outbox.Job,
+        stored: StoredApproval,
+        person: str,
+        channel: str,
+        stage: int,
+        error: str,
+        retry: bool,
+    ) -> None:
+        if retry and job.attempts + 1 < MAX_ATTEMPTS:
+            await self._retry(job, error)
+            return
+        now = self.gateway.clock()
+        route = int(job.payload.get("route", 0))
+
+        def give_up(tx: WriteTx) -> None:
+            deliveries.record(
+                tx.conn,
+                approval_id=stored.approval.id,
+                person=person,
+                channel=channel,
+                stage_index=stage,
+                status="failed",
+                now=now,
+                attempts=job.attempts + 1,
+                error=error,
+            )
+            outbox.complete(tx.conn, job.id, now)
+            tx.audit(
+                self._draft(
+                    "delivery.failed",
+                    stored,
+                    now,
+                    person,
+                    channel,
+                    {"stage": stage, "error": error[:500], "route": route},
+                )
+            )
+            outbox.enqueue(
+                tx.conn,
+                kind="notify",
+                now=now,
+                approval_id=stored.approval.id,
+                recipient=person,
+                payload={"stage": stage, "route": route + 1},
+            )
+
+        log.warning(
+            "delivery_failed",
+            approval=stored.approval.id,
+            person=person,
+            channel=channel,
+            error=error,
+        )
+        await self.gateway.writer.run(give_up)
+
+    async def _unroutable(
+        self, job: outbox.Job, stored: StoredApproval, person: str, stage: int
+    ) -> None:
+        """Nobody could reach `person`. If nobody in the stage can be reached, say so loudly."""
+        now = self.gateway.clock()
+        async with self.gateway.db.aconnect() as conn:
+            sent = await conn.run_sync(lambda c: deliveries.for_approval(c, stored.approval.id))
+        reachable = {d.person for d in sent if d.status == "sent" and d.stage_index == stage}
+        data: dict[str, Any] = {"stage": stage, "person": person}
+        kind = "delivery.unreachable"
+        if not reachable:
+            async with self.gateway.db.aconnect() as conn:
+                waiting = await conn.run_sync(lambda c: _other_jobs(c, stored.approval.id, job.id))
+            if not waiting:
+                kind = "delivery.no_route"
+                data["message"] = (
+                    "no approver of this stage could be reached on any channel; decide in the "
+                    "web inbox or fix the channel settings"
+                )
+                log.error("no_route", approval=stored.approval.id, stage=stage)
+
+        def record(tx: WriteTx) -> None:
+            outbox.complete(tx.conn, job.id, now)
+            tx.audit(self._draft(kind, stored, now, person, None, data))
+
+        await self.gateway.writer.run(record)
+
+    async def _update(self, job: outbox.Job) -> None:
+        directory = self.gateway.policy.directory
+        try:
+            stored = await self.gateway.approvals.get(job.approval_id or "")
+        except ApprovalNotFound:
+            await self._done(job)
+            return
+        async with self.gateway.db.aconnect() as conn:
+            sent = await conn.run_sync(lambda c: deliveries.for_approval(c, stored.approval.id))
+        errors: list[str] = []
+        for delivery in sent:
+            if delivery.status != "sent" or delivery.message_ref is None:
+                continue
+            channel = self.channels.get(delivery.channel)
+            person = directory.get(delivery.person)
+            if channel is None or person is None:
+                continue
+            token = None
+            if stored.approval.state.value == "pending" and stored.approval.pending_on(person.id):
+                token = await self._token(stored, person.id, delivery.channel)
+            message = build(
+                stored, directory, public_url=self.public_url, recipient=person, token=token
+            )
+            try:
+                await channel.update(delivery.message_ref, message)
+            except ChannelError as exc:
+                errors.append(f"{delivery.channel}/{delivery.person}: {exc}")
+        if errors and job.attempts + 1 < MAX_ATTEMPTS:
+            await self._retry(job, "; ".join(errors))
+            return
+        await self._done(job)
+
+    async def _alert(self, job: outbox.Job) -> None:
+        person = self.gateway.policy.directory.get(job.recipient or "")
+        routes = self.router.routes(person) if person else []
+        route = int(job.payload.get("route", 0))
+        if person is None or route >= len(routes):
+            await self._done(job)
+            return
+        channel_name, address = routes[route]
+        text = (
+            f"BLOCKED: {job.payload.get('action')} requested by "
+            f"{job.payload.get('requester') or job.payload.get('agent') or 'an agent'}. "
+            + " ".join(str(r) for r in job.payload.get("reasons", []))
+        )
+        message = Message(
+            approval_id=str(job.payload.get("decision_id", "")),
+            action=str(job.payload.get("action")),
+            params={},
+            reasons=tuple(str(r) for r in job.payload.get("reasons", [])),
+            requester=_text(job.payload.get("requester")),
+            agent=_text(job.payload.get("agent")),
+            stage=_NO_STAGE,
+            expires_at=self.gateway.clock(),
+            state="blocked",
+            status_line=text,
+            inbox_url=f"{self.public_url.rstrip('/')}/ui",
+            recipient=person,
+        )
+        try:
+            await self.channels[channel_name].send(message, address)
+        except ChannelError as exc:
+            if exc.retry and job.attempts + 1 < MAX_ATTEMPTS:
+                await self._retry(job, str(exc))
+                return
+            now = self.gateway.clock()
+
+            def fallback(tx: WriteTx) -> None:
+                outbox.complete(tx.conn, job.id, now)
+                outbox.enqueue(
+                    tx.conn,
+                    kind="alert",
+                    now=now,
+                    recipient=person.id,
+                    payload={**job.payload, "route": route + 1},
+                )
+
+            await self.gateway.writer.run(fallback)
+            return
+        await self._done(job)
+
+    # -- helpers -------------------------------------------------------------------------------
+    async def _token(self, stored: StoredApproval, person: str, channel: str) -> str:
+        now = self.gateway.clock()
+        a = stored.approval
+
+        def issue(tx: WriteTx) -> str:
+            return tokens.issue(
+                tx.conn,
+                approval_id=a.id,
+                person=person,
+                channel=channel,
+                now=now,
+                expires_at=a.expires_at,
+            )
+
+        return await self.gateway.writer.run(issue)
+
+    async def _done(self, job: outbox.Job) -> None:
+        now = self.gateway.clock()
+        await self.gateway.writer.run(lambda tx: outbox.complete(tx.conn, job.id, now))
+
+    async def _retry(self, job: outbox.Job, error: str) -> None:
+        delay = BACKOFF_S[min(job.attempts, len(BACKOFF_S) - 1)]
+        at = self.gateway.clock() + timedelta(seconds=delay)
+        await self.gateway.writer.run(lambda tx: outbox.retry_later(tx.conn, job.id, error, at))
+
+    @staticmethod
+    def _draft(
+        kind: str,
+        stored: StoredApproval,
+        now: datetime,
+        person: str | None,
+        channel: str | None,
+        data: dict[str, Any],
+    ) -> AuditDraft:
+        a = stored.approval
+        return AuditDraft(
+            kind=kind,
+            ts=now,
+            actor=a.requester or stored.agent,
+            approver=person,
+            channel=channel,
+            action=a.action,
+            params_hash=stored.params_hash,
+            effect=a.state.value,
+            rule_ids=stored.rules,
+            policy_version=stored.policy_version,
+            approval_id=a.id,
+            data=data,
+        )
+
+
+def _other_jobs(conn: Any, approval_id: str, job_id: int) -> bool:
+    from sqlalchemy import and_, select
+
+    from ..store.schema import outbox as table
+
+    row = conn.execute(
+        select(table.c.id).where(
+            and_(
+                table.c.approval_id == approval_id,
+                table.c.kind == "notify",
+                table.c.sent_at.is_(None),
+                table.c.id != job_id,
+            )
+        )
+    ).first()
+    return row is not None
+
+
+_NO_STAGE = StageView(0, "alert", 1)
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)

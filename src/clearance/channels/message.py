@@ -1,0 +1,70 @@
+"""Building the neutral `Message` for a request, and the one-line status after a change."""
+
+from __future__ import annotations
+
+from ..approvals.model import ApprovalState
+from ..approvals.records import StoredApproval
+from ..directory import Directory, Person
+from .base import Message, StageView
+
+
+def status_line(stored: StoredApproval, directory: Directory) -> str:
+    """ "Approved by Alice Ng at 14:02 — stage 1 of 2", "Denied by Bob Ortiz: not today", …"""
+    a = stored.approval
+    count = len(a.plan.stages)
+    if a.state is ApprovalState.PENDING:
+        done = [v for v in a.votes if v.decision.value == "approve"]
+        if done:
+            last = done[-1]
+            name = directory.display_name(last.person)
+            finished = a.stage_index  # stages before the current one are met
+            return (
+                f"Approved by {name} at {last.at.strftime('%H:%M')} — stage {finished} of "
+                f"{count} done; waiting for {a.plan.stages[a.stage_index].name}"
+            )
+        current = a.plan.stages[a.stage_index].name
+        return f"Waiting for {current} (stage {a.stage_index + 1} of {count})"
+    if a.state is ApprovalState.APPROVED:
+        names = ", ".join(
+            directory.display_name(v.person) for v in a.votes if v.decision.value == "approve"
+        )
+        at = a.decided_at.strftime("%H:%M") if a.decided_at else ""
+        return f"Approved by {names} at {at} — stage {count} of {count}"
+    if a.state is ApprovalState.DENIED:
+        deny = next((v for v in a.votes if v.decision.value == "deny"), None)
+        who = directory.display_name(deny.person) if deny else "an approver"
+        return f"Denied by {who}: {a.decided_reason or 'no reason given'}"
+    if a.state is ApprovalState.EXPIRED:
+        return "Expired: nobody decided in time; the action did not run"
+    return f"Cancelled: {a.decided_reason or 'withdrawn'}"
+
+
+def build(
+    stored: StoredApproval,
+    directory: Directory,
+    *,
+    public_url: str,
+    recipient: Person | None = None,
+    token: str | None = None,
+) -> Message:
+    a = stored.approval
+    index = min(a.stage_index, len(a.plan.stages) - 1)
+    may_vote = (
+        recipient is not None and a.state is ApprovalState.PENDING and a.pending_on(recipient.id)
+    )
+    return Message(
+        approval_id=a.id,
+        action=a.action,
+        params=a.params,
+        reasons=stored.reasons,
+        requester=directory.display_name(a.requester) if a.requester else None,
+        agent=stored.agent,
+        stage=StageView(index, a.plan.stages[index].name, len(a.plan.stages)),
+        expires_at=a.expires_at,
+        state=a.state.value,
+        status_line=status_line(stored, directory),
+        approve_token=token if may_vote else None,
+        deny_token=token if may_vote else None,
+        inbox_url=f"{public_url.rstrip('/')}/ui/approvals/{a.id}",
+        recipient=recipient,
+    )
