@@ -42,6 +42,8 @@ class Directory:
                 members.setdefault(group, []).append(person.id)
             for channel, ident in person.channels:
                 by_channel[(channel, ident)] = person.id
+            if person.email:  # email links are sent to the directory's address
+                by_channel.setdefault(("email", person.email.lower()), person.id)
         self._groups: dict[str, tuple[str, ...]] = {g: tuple(m) for g, m in members.items()}
         self._by_channel = by_channel
 
@@ -63,7 +65,8 @@ class Directory:
 
     def by_channel(self, channel: str, ident: str) -> Person | None:
         """The person whose `channel` identity is `ident` (a Slack user id, a Telegram id…)."""
-        person_id = self._by_channel.get((channel, str(ident)))
+        key = str(ident).lower() if channel == "email" else str(ident)
+        person_id = self._by_channel.get((channel, key))
         return self._people.get(person_id) if person_id else None
 
     def has_role(self, person_id: str, role: str) -> bool:

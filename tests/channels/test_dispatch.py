@@ -203,3 +203,58 @@ async def test_retry_then_success_sends_once(tmp_path: Path, clock: FrozenClock)
         assert [a for a, _ in MemoryChannel.instances["chat"].sent] == ["C-BOB"]
     finally:
         await gateway.aclose()
+
+
+async def test_unreachable_stage_warns_the_agent(tmp_path: Path, clock: FrozenClock) -> None:
+    """The approval the agent reads carries a warning when nobody could be reached."""
+    from clearance.identity import keys as api_keys
+
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        POLICY.replace(
+            "chat: {kind: memory, secret: chat-secret}",
+            "chat: {kind: memory, fail: 100, permanent: true}",
+        )
+    )
+    gateway = Gateway.open(path, database_url=f"sqlite:///{tmp_path}/c.db", clock=clock)
+    hub = ChannelHub.from_settings(gateway)
+    token = gateway.writer.run_sync(
+        lambda tx: api_keys.create_key(tx.conn, kind="agent", subject="bot", now=clock()).token
+    )
+    try:
+        result = await gateway.check(
+            Request("pay", {"amount": 500}, {"user": "carol", "agent": "bot"})
+        )
+        await drain(hub, clock)
+        app = create_app(gateway, scheduler=False, inbox=False, channels=False)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://t"
+        ) as c:
+            data = (
+                await c.get(
+                    f"/v1/approvals/{result.approval.approval.id}",  # type: ignore[union-attr]
+                    headers={"authorization": f"Bearer {token}"},
+                )
+            ).json()
+        assert data["warnings"] and "could be reached" in data["warnings"][0]
+        assert {d["status"] for d in data["deliveries"]} == {"failed"}
+    finally:
+        await gateway.aclose()
+
+
+def test_channels_test_command_sends_a_message(tmp_path: Path) -> None:
+    """`clearance channels test chat --to bob` sends through the channel and prints the ref."""
+    from typer.testing import CliRunner
+
+    from clearance.cli import app as cli
+
+    path = tmp_path / "p.yaml"
+    path.write_text(POLICY)
+    args = ["--config", str(path), "--database-url", f"sqlite:///{tmp_path}/c.db"]
+    result = CliRunner().invoke(cli, ["channels", "test", "chat", "--to", "bob", *args])
+    assert result.exit_code == 0, result.output
+    assert "sent" in result.output and "C-BOB" in result.output
+    result = CliRunner().invoke(cli, ["channels", "test", "chat", "--to", "nobody", *args])
+    assert result.exit_code == 1 and "no person" in result.output
+    result = CliRunner().invoke(cli, ["channels", "test", "fax", "--to", "bob", *args])
+    assert result.exit_code == 1 and "no channel 'fax'" in result.output

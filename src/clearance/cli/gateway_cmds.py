@@ -74,6 +74,8 @@ def register(app: typer.Typer) -> None:
     users_app = typer.Typer(help="Approvers' sign-in.", no_args_is_help=True)
     approvals_app = typer.Typer(help="List, inspect and decide approvals.", no_args_is_help=True)
     audit_app = typer.Typer(help="Verify and export the audit trail.", no_args_is_help=True)
+    channels_app = typer.Typer(help="Approval channels (Slack, email, …).", no_args_is_help=True)
+    app.add_typer(channels_app, name="channels")
     app.add_typer(keys_app, name="keys")
     app.add_typer(users_app, name="users")
     app.add_typer(approvals_app, name="approvals")
@@ -441,6 +443,71 @@ def register(app: typer.Typer) -> None:
 
     approvals_app.command("approve")(_vote("approve"))
     approvals_app.command("deny")(_vote("deny"))
+
+    # -- channels --------------------------------------------------------------------------------
+    @channels_app.command("test")
+    def channels_test(
+        name: Annotated[str, typer.Argument(help="A configured channel, e.g. slack")],
+        to: Annotated[str, typer.Option("--to", help="A person of the directory")],
+        config: ConfigOpt = None,
+        database_url: DatabaseOpt = None,
+    ) -> None:
+        """Send a test message to a person and print what the platform answered."""
+        from datetime import timedelta
+
+        from ..channels.base import ChannelError, Message, StageView
+        from ..channels.hub import ChannelHub
+        from ..channels.registry import UnknownChannel
+
+        gateway = open_gateway(config, database_url)
+
+        async def go() -> int:
+            try:
+                hub = ChannelHub.from_settings(gateway)
+            except (UnknownChannel, ValueError) as exc:
+                errors.print(f"[red]error:[/] channel settings: {exc}")
+                return 1
+            try:
+                person = gateway.policy.directory.get(to)
+                if name not in hub.channels:
+                    known = ", ".join(hub.channels) or "none"
+                    errors.print(f"[red]error:[/] no channel {name!r} is configured ({known})")
+                    return 1
+                if person is None:
+                    errors.print(f"[red]error:[/] no person {to!r} in the directory")
+                    return 1
+                address = dict(hub.router.routes(person)).get(name)
+                if address is None:
+                    errors.print(f"[red]error:[/] {to} has no {name} address in the directory")
+                    return 1
+                now = gateway.clock()
+                message = Message(
+                    approval_id="test",
+                    action="clearance.test",
+                    params={"note": "a test"},
+                    reasons=("This is a test message from `clearance channels test`.",),
+                    requester=None,
+                    agent="clearance",
+                    stage=StageView(0, "test", 1),
+                    expires_at=now + timedelta(hours=1),
+                    state="test",
+                    status_line="Test message: no action is needed.",
+                    inbox_url=f"{hub.public_url.rstrip('/')}/ui",
+                    recipient=person,
+                )
+                with console.status(f"sending through {name} to {address}…"):
+                    sent = await hub.channels[name].send(message, address)
+            except ChannelError as exc:
+                errors.print(f"[red]the platform refused:[/] {exc}")
+                return 1
+            finally:
+                await hub.aclose()
+                await gateway.aclose()
+            console.print(f"[green]sent[/] through {name} to {address}")
+            print_json({"ref": sent.ref, "response": sent.response})
+            return 0
+
+        raise typer.Exit(asyncio.run(go()))
 
     # -- audit -----------------------------------------------------------------------------------
     @audit_app.command("verify")

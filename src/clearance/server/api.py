@@ -13,6 +13,7 @@ from fastapi.responses import StreamingResponse
 from ..approvals.records import StoredApproval
 from ..audit.export import entry_as_dict, iter_entries, verify_store
 from ..canonical import binding_hash, canonical_json
+from ..channels import deliveries
 from ..gateway import Gateway
 from ..policy import Request as PolicyRequest
 from .auth import Principal, authenticate
@@ -133,7 +134,9 @@ async def list_approvals(
 async def get_approval(approval_id: str, request: Request, caller: Caller) -> ApprovalOut:
     gateway = _gateway(request)
     stored = await _visible(gateway, caller, approval_id)
-    return approval_out(stored, gateway.policy.directory)
+    async with gateway.db.aconnect() as conn:
+        sent = await conn.run_sync(lambda c: deliveries.for_approval(c, approval_id))
+    return approval_out(stored, gateway.policy.directory, sent)
 
 
 @router.get(

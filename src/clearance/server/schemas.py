@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..approvals.records import StoredApproval
+from ..channels.deliveries import Delivery
 from ..directory import Directory
 
 
@@ -64,6 +65,15 @@ class StageProgressOut(BaseModel):
     requirements: list[dict[str, Any]]
 
 
+class DeliveryOut(BaseModel):
+    person: str
+    channel: str
+    stage: int
+    status: Literal["sent", "failed"]
+    error: str | None
+    at: str
+
+
 class ApprovalOut(BaseModel):
     id: str
     state: Literal["pending", "approved", "denied", "expired", "cancelled"]
@@ -86,6 +96,8 @@ class ApprovalOut(BaseModel):
     execution_result: str | None
     policy_version: str
     summary: str
+    deliveries: list[DeliveryOut] | None = None
+    warnings: list[str] = []
 
 
 class ApprovalList(BaseModel):
@@ -130,7 +142,9 @@ class ReloadOut(BaseModel):
     problems: str | None = None
 
 
-def approval_out(stored: StoredApproval, directory: Directory) -> ApprovalOut:
+def approval_out(
+    stored: StoredApproval, directory: Directory, deliveries: list[Delivery] | None = None
+) -> ApprovalOut:
     from ..approvals import workflow
 
     a = stored.approval
@@ -180,4 +194,36 @@ def approval_out(stored: StoredApproval, directory: Directory) -> ApprovalOut:
         execution_result=a.execution_result,
         policy_version=stored.policy_version,
         summary=workflow.summary(a),
+        deliveries=None
+        if deliveries is None
+        else [
+            DeliveryOut(
+                person=d.person,
+                channel=d.channel,
+                stage=d.stage_index,
+                status=d.status,
+                error=d.last_error,
+                at=d.updated_at.isoformat(),
+            )
+            for d in deliveries
+        ],
+        warnings=_warnings(stored, deliveries or []),
     )
+
+
+def _warnings(stored: StoredApproval, deliveries: list[Delivery]) -> list[str]:
+    """Tell the agent (and the page) when nobody in the current stage could be reached."""
+    a = stored.approval
+    if a.state.value != "pending" or not deliveries:
+        return []
+    stage = [d for d in deliveries if d.stage_index == a.stage_index]
+    people = set(a.open_voters())
+    failed = {d.person for d in stage if d.status == "failed"}
+    sent = {d.person for d in stage if d.status == "sent"}
+    if people and people <= failed and not sent & people:
+        name = a.plan.stages[a.stage_index].name
+        return [
+            f"no approver of stage '{name}' could be reached on any channel; "
+            "they can still decide in the web inbox"
+        ]
+    return []
