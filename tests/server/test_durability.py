@@ -72,3 +72,34 @@ async def test_kill_9_with_100_pending_approvals(tmp_path: Path) -> None:
     finally:
         await agent.aclose()
         server.stop()
+
+
+async def test_sighup_reloads_and_a_bad_file_keeps_the_old_policy(tmp_path: Path) -> None:
+    """SIGHUP loads the edited policy; a broken edit is rejected and the old policy stays."""
+    import os
+    import signal
+
+    config = tmp_path / "clearance.yaml"
+    config.write_text(ENTERPRISE.read_text())
+    server = ServerProcess(config, f"sqlite:///{tmp_path}/c.db", tmp_path / "server.log")
+    server.start()
+    try:
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            before = (await http.get("/healthz")).json()["policy_version"]
+            config.write_text(ENTERPRISE.read_text().replace("under $500", "under 500 dollars"))
+            assert server.proc is not None
+            os.kill(server.proc.pid, signal.SIGHUP)
+            after = before
+            for _ in range(100):
+                after = (await http.get("/healthz")).json()["policy_version"]
+                if after != before:
+                    break
+                await asyncio.sleep(0.05)
+            assert after != before
+            config.write_text("policies: {rules: [{id: x, actions: [y], effect: nope}]}\n")
+            os.kill(server.proc.pid, signal.SIGHUP)
+            await asyncio.sleep(1.0)
+            assert (await http.get("/healthz")).json()["policy_version"] == after
+        assert "policy_reload_rejected" in (tmp_path / "server.log").read_text()
+    finally:
+        server.stop()
