@@ -119,6 +119,7 @@ class CallbackReply:
     status: int = 200
     body: bytes = b""
     content_type: str = "application/json"
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,9 +157,10 @@ class Channel(Protocol):
         """Verify (before parsing anything) and translate a callback; raise CallbackRejected."""
         ...
 
-    async def acknowledge(self, outcome: Outcome) -> None:
+    async def acknowledge(self, outcome: Outcome) -> CallbackReply | None:
         """Tell the clicker what happened (an ephemeral reply, a toast), when the platform
-        has a way; the message itself is refreshed through `update`."""
+        has a way; the message itself is refreshed through `update`. A reply returned here
+        answers the callback's HTTP request instead of `Parsed.reply` (Discord, Teams)."""
         ...
 
     async def aclose(self) -> None: ...

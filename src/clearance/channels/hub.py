@@ -31,6 +31,10 @@ class ChannelHub:
         self.public_url = public_url
         self.router = Router(lambda: gateway.policy.directory, list(self.channels))
         self.dispatcher = Dispatcher(gateway, self.channels, self.router, public_url)
+        for channel in self.channels.values():
+            attach = getattr(channel, "attach", None)
+            if callable(attach):  # channels that read the store themselves (email's page)
+                attach(gateway)
         gateway.approvals.in_transaction.append(self.router.on_change)
         gateway.on_alert.append(self.router.alert)
         gateway.approvals.on_change.append(lambda _s, _e: self.dispatcher.wake())
@@ -60,13 +64,17 @@ class ChannelHub:
         except CallbackRejected as exc:
             await self._audit_rejection(name, str(exc), request.received_at)
             raise
+        reply = parsed.reply
         for interaction in parsed.interactions:
             outcome = await self._apply(name, interaction, request.received_at)
             try:
-                await channel.acknowledge(outcome)
+                answer = await channel.acknowledge(outcome)
             except Exception as exc:  # an answer that could not be shown changes nothing
                 log.warning("acknowledge_failed", channel=name, error=repr(exc))
-        return parsed
+                continue
+            if answer is not None:
+                reply = answer
+        return Parsed(parsed.interactions, reply)
 
     async def _apply(self, name: str, interaction: Interaction, now: datetime) -> Outcome:
         directory = self.gateway.policy.directory

@@ -38,7 +38,12 @@ async def _handle(name: str, request: Request) -> Response:
             media_type="application/json",
         )
     reply = parsed.reply
-    return Response(content=reply.body, status_code=reply.status, media_type=reply.content_type)
+    return Response(
+        content=reply.body,
+        status_code=reply.status,
+        media_type=reply.content_type,
+        headers=dict(reply.headers),
+    )
 
 
 @router.post("/{name}/{rest:path}")

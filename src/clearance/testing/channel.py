@@ -76,6 +76,7 @@ class MemoryChannel:
 
     async def acknowledge(self, outcome: Outcome) -> None:
         self.acknowledged.append(outcome)
+        return None
 
     async def aclose(self) -> None:
         MemoryChannel.instances.pop(self.name, None)
