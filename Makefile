@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 run: install
-	$(BIN)/clearance demo --config examples/enterprise/clearance.yaml
+	$(BIN)/clearance demo --config examples/enterprise/clearance.yaml $(if $(FAKE),--fake $(FAKE))
 
 lint: install
 	$(BIN)/ruff check src tests bench

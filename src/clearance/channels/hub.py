@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 import structlog
 from sqlalchemy import Connection, insert
@@ -50,6 +51,16 @@ class ChannelHub:
             name: load_channel(name, conf or {}, public_url) for name, conf in configured.items()
         }
         return cls(gateway, channels, public_url)
+
+    def background(self) -> list[Any]:
+        """Coroutines to run beside the dispatcher: long polling for channels that poll
+        (Telegram with `mode: polling`, for a gateway that has no public URL)."""
+        out: list[Any] = []
+        for name, channel in self.channels.items():
+            run_polling = getattr(channel, "run_polling", None)
+            if getattr(channel, "mode", None) == "polling" and callable(run_polling):
+                out.append(run_polling(lambda raw, n=name: self.handle(n, raw)))
+        return out
 
     async def aclose(self) -> None:
         for channel in self.channels.values():

@@ -69,6 +69,32 @@ def with_gateway(
         fail(f"the database is unavailable: {exc}")
 
 
+def start_fake(name: str, gateway_url: str) -> tuple[Path, str]:
+    """Run a platform's fake beside the demo and write the channel settings that use it."""
+    if name != "slack":
+        fail(f"no demo fake for {name!r} yet", hint="available: --fake slack")
+    from ..testing.fakes import serve_in_thread
+    from ..testing.fakes.slack import FakeSlack
+    from ..testing.fakes.slack_ui import install
+
+    slack = FakeSlack()
+    install(slack, gateway_url)
+    try:
+        server = serve_in_thread(slack.app, port=8751)
+    except RuntimeError:  # 8751 is taken: any free port will do
+        server = serve_in_thread(slack.app)
+    path = Path(".clearance/demo-slack.yaml")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "# Written by `clearance demo --fake slack`: the Slack channel, pointed at the fake.\n"
+        f"channels:\n  slack:\n    bot_token: {slack.bot_token}\n"
+        f"    signing_secret: {slack.signing_secret}\n    base_url: {server.url}/api/\n",
+        encoding="utf-8",
+    )
+    note = f"fake Slack workspace: {server.url}/  (alice's DMs arrive there; click Approve as her)"
+    return path, note
+
+
 def register(app: typer.Typer) -> None:
     keys_app = typer.Typer(help="API keys for agents and approvers.", no_args_is_help=True)
     users_app = typer.Typer(help="Approvers' sign-in.", no_args_is_help=True)
@@ -114,11 +140,18 @@ def register(app: typer.Typer) -> None:
         host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
         port: Annotated[int, typer.Option(help="Port to listen on")] = 8750,
         database_url: DatabaseOpt = None,
+        fake: Annotated[
+            list[str] | None,
+            typer.Option("--fake", help="Point a channel at its local fake (slack)"),
+        ] = None,
     ) -> None:
         """Set up demo sign-ins and an agent key (once), print how to try it, then serve."""
         from ..audit.entry import AuditDraft, Kind
         from ..identity import keys, passwords
 
+        url = f"http://{host}:{port}"
+        fakes = [start_fake(name, url) for name in (fake or [])]
+        config = [*config_paths(config), *(path for path, _ in fakes)]
         gateway = open_gateway(config, database_url)
         now = gateway.clock()
         people = list(gateway.policy.directory.people)
@@ -152,7 +185,6 @@ def register(app: typer.Typer) -> None:
             DEMO_KEY_FILE.write_text(token + "\n", encoding="utf-8")
             DEMO_KEY_FILE.chmod(0o600)
         asyncio.run(gateway.aclose())
-        url = f"http://{host}:{port}"
         console.print(
             f"\n[bold]Clearance[/] is starting at [bold]{url}[/] (ready when uvicorn says so below)"
         )
@@ -170,6 +202,8 @@ def register(app: typer.Typer) -> None:
             f"--key-file {DEMO_KEY_FILE}[/]"
         )
         console.print(f"  then sign in as alice at {url}/ui and approve it.\n")
+        for _, note in fakes:
+            console.print(f"  {note}")
         serve(config=config, host=host, port=port, database_url=database_url, pretty_logs=True)
 
     @app.command()

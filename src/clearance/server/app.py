@@ -101,6 +101,7 @@ def create_app(
             tasks.append(asyncio.create_task(_expiry_loop(app)))
             if hub is not None and hub.channels:
                 tasks.append(asyncio.create_task(hub.dispatcher.run()))
+                tasks.extend(asyncio.create_task(job) for job in hub.background())
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(
