@@ -10,15 +10,19 @@ from pathlib import Path
 
 
 def main(argv: list[str]) -> int:
+    """`python -m bench [NAME …] [--flags …]`: flags go to every chosen benchmark."""
     here = Path(__file__).parent
     names = sorted(m.name for m in pkgutil.iter_modules([str(here)]) if m.name.startswith("bench_"))
-    chosen = [n for n in names if not argv or n.removeprefix("bench_") in argv or n in argv]
+    wanted = [a for a in argv if not a.startswith("-")]
+    flags = [a for a in argv if a.startswith("-")]
+    chosen = [n for n in names if not wanted or n.removeprefix("bench_") in wanted or n in wanted]
     if not chosen:
-        print(f"no benchmark named {' '.join(argv)}; have: {', '.join(names)}", file=sys.stderr)
+        print(f"no benchmark named {' '.join(wanted)}; have: {', '.join(names)}", file=sys.stderr)
         return 2
     for name in chosen:
         print(f"\n=== {name}", flush=True)
         started = time.perf_counter()
+        sys.argv = [f"bench.{name}", *flags]  # each benchmark reads its own flags
         importlib.import_module(f"bench.{name}").main()
         print(f"--- {name} took {time.perf_counter() - started:.1f} s", flush=True)
     return 0

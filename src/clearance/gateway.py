@@ -25,6 +25,7 @@ from .audit.writer import AuditWriter, WriteTx
 from .canonical import binding_hash, params_hash, redact
 from .policy import Decision, Effect, Engine, Policy, PolicyError, Request, load_policy
 from .store.database import Database, open_database
+from .store.reads import read
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///.clearance/clearance.db"
 
@@ -221,8 +222,7 @@ class Gateway:
         return result
 
     async def _by_idempotency_key(self, key: str, bind: str) -> CheckResult | None:
-        async with self.db.aconnect() as conn:
-            found = await conn.run_sync(lambda c: records.find_id_by_idempotency_key(c, key))
+        found = await read(self.db, lambda c: records.find_id_by_idempotency_key(c, key))
         if found is None:
             return None
         stored = await self.approvals.get(found)

@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import Connection
+
 from ..audit.entry import AuditDraft, Kind
 from ..audit.writer import AuditWriter, WriteTx
 from ..store.database import Database
+from ..store.reads import read
 from . import records, workflow
 from .model import Approval, ApprovalState, ExecutionState, Vote, VoteDecision
 from .records import Conflict, StoredApproval
@@ -117,13 +120,22 @@ class ApprovalService:
     async def list(
         self, *, state: str | None = None, agent: str | None = None, limit: int = 100
     ) -> list[StoredApproval]:
-        async with self.db.aconnect() as conn:
-            ids = await conn.run_sync(
-                lambda c: records.list_ids(c, state=state, agent=agent, limit=limit)
-            )
+        """Newest first: one query for the rows, one for their votes; overdue ones expired."""
+
+        def fetch(conn: Connection) -> list[StoredApproval]:
+            ids = records.list_ids(conn, state=state, agent=agent, limit=limit)
+            return records.load_many(conn, ids)
+
+        found = await read(self.db, fetch)
+        now = self.clock()
         out = []
-        for approval_id in ids:
-            out.append(await self.get(approval_id))
+        for stored in found:
+            overdue = (
+                stored.approval.state is ApprovalState.PENDING and now >= stored.approval.expires_at
+            )
+            out.append(await self._expire(stored.approval.id) if overdue else stored)
+        if state is not None:
+            out = [s for s in out if s.approval.state.value == state]
         return out
 
     async def wait(self, approval_id: str, timeout: float) -> StoredApproval:
@@ -216,24 +228,20 @@ class ApprovalService:
     async def expire_due(self, limit: int = 500) -> int:
         """Expire every pending approval past its deadline (the scheduler's job)."""
         now = self.clock()
-        async with self.db.aconnect() as conn:
-            due = await conn.run_sync(lambda c: records.due_for_expiry(c, now, limit))
+        due = await read(self.db, lambda c: records.due_for_expiry(c, now, limit))
         for approval_id in due:
             await self._expire(approval_id)
         return len(due)
 
     async def next_expiry(self) -> datetime | None:
-        async with self.db.aconnect() as conn:
-            return await conn.run_sync(records.next_expiry)
+        return await read(self.db, records.next_expiry)
 
     async def counts(self) -> dict[str, int]:
-        async with self.db.aconnect() as conn:
-            return await conn.run_sync(records.count_by_state)
+        return await read(self.db, records.count_by_state)
 
     # -- internals -----------------------------------------------------------------------------
     async def _read(self, approval_id: str) -> StoredApproval:
-        async with self.db.aconnect() as conn:
-            stored = await conn.run_sync(lambda c: records.load(c, approval_id))
+        stored = await read(self.db, lambda c: records.load(c, approval_id))
         if stored is None:
             raise ApprovalNotFound(approval_id)
         return stored

@@ -29,6 +29,7 @@ from ..approvals.service import ApprovalNotFound
 from ..audit.entry import AuditDraft
 from ..audit.writer import WriteTx
 from ..gateway import Gateway
+from ..store.reads import read
 from . import deliveries, outbox, tokens
 from .base import Channel, ChannelError, Message, StageView
 from .message import build
@@ -95,8 +96,7 @@ class Dispatcher:
         return bool(jobs)
 
     async def _next_due(self) -> datetime | None:
-        async with self.gateway.db.aconnect() as conn:
-            return await conn.run_sync(outbox.next_due)
+        return await read(self.gateway.db, outbox.next_due)
 
     # -- jobs ----------------------------------------------------------------------------------
     async def _process(self, job: outbox.Job) -> None:
@@ -240,14 +240,14 @@ class Dispatcher:
     ) -> None:
         """Nobody could reach `person`. If nobody in the stage can be reached, say so loudly."""
         now = self.gateway.clock()
-        async with self.gateway.db.aconnect() as conn:
-            sent = await conn.run_sync(lambda c: deliveries.for_approval(c, stored.approval.id))
+        sent = await read(self.gateway.db, lambda c: deliveries.for_approval(c, stored.approval.id))
         reachable = {d.person for d in sent if d.status == "sent" and d.stage_index == stage}
         data: dict[str, Any] = {"stage": stage, "person": person}
         kind = "delivery.unreachable"
         if not reachable:
-            async with self.gateway.db.aconnect() as conn:
-                waiting = await conn.run_sync(lambda c: _other_jobs(c, stored.approval.id, job.id))
+            waiting = await read(
+                self.gateway.db, lambda c: _other_jobs(c, stored.approval.id, job.id)
+            )
             if not waiting:
                 kind = "delivery.no_route"
                 data["message"] = (
@@ -269,8 +269,7 @@ class Dispatcher:
         except ApprovalNotFound:
             await self._done(job)
             return
-        async with self.gateway.db.aconnect() as conn:
-            sent = await conn.run_sync(lambda c: deliveries.for_approval(c, stored.approval.id))
+        sent = await read(self.gateway.db, lambda c: deliveries.for_approval(c, stored.approval.id))
         errors: list[str] = []
         for delivery in sent:
             if delivery.status != "sent" or delivery.message_ref is None:

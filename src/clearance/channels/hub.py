@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from ..approvals.service import ApprovalError
 from ..audit.entry import AuditDraft
 from ..gateway import Gateway
+from ..store.reads import read
 from ..store.schema import channel_events
 from . import tokens
 from .base import CallbackRejected, Channel, Interaction, Outcome, Parsed, RawRequest
@@ -97,8 +98,7 @@ class ChannelHub:
             return Outcome(interaction, False, "This click was already handled.")
         approval_id = interaction.approval_id
         if interaction.token:
-            async with self.gateway.db.aconnect() as conn:
-                info = await conn.run_sync(lambda c: tokens.lookup(c, interaction.token or ""))
+            info = await read(self.gateway.db, lambda c: tokens.lookup(c, interaction.token or ""))
             if info is None or info.channel != name:
                 await self._audit_rejection(name, "unknown button token", now)
                 return Outcome(interaction, False, "This button is not valid.")

@@ -16,6 +16,7 @@ from ..canonical import binding_hash, canonical_json
 from ..channels import deliveries
 from ..gateway import Gateway
 from ..policy import Request as PolicyRequest
+from ..store.reads import read
 from .auth import Principal, authenticate
 from .errors import HTTPProblem
 from .schemas import (
@@ -134,8 +135,7 @@ async def list_approvals(
 async def get_approval(approval_id: str, request: Request, caller: Caller) -> ApprovalOut:
     gateway = _gateway(request)
     stored = await _visible(gateway, caller, approval_id)
-    async with gateway.db.aconnect() as conn:
-        sent = await conn.run_sync(lambda c: deliveries.for_approval(c, approval_id))
+    sent = await read(gateway.db, lambda c: deliveries.for_approval(c, approval_id))
     return approval_out(stored, gateway.policy.directory, sent)
 
 

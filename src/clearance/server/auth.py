@@ -16,6 +16,7 @@ from typing import Literal
 from fastapi import Request
 
 from ..identity import keys
+from ..store.reads import read
 from .errors import HTTPProblem
 
 CACHE_TTL_S = 5.0
@@ -64,8 +65,7 @@ async def authenticate(request: Request) -> Principal:
     if key is None:
         gateway = state.gateway
         now = gateway.clock()
-        async with gateway.db.aconnect() as conn:
-            key = await conn.run_sync(lambda c: keys.verify_token(c, token, now))
+        key = await read(gateway.db, lambda c: keys.verify_token(c, token, now))
         if key is None:
             raise HTTPProblem(401, "invalid_key", "this API key is unknown or revoked")
         state.key_cache.put(digest, key)

@@ -47,6 +47,7 @@ from ..directory import Directory, Person
 from ..gateway import Gateway
 from ..identity import passwords, sessions
 from ..store.database import Database
+from ..store.reads import read
 from ..store.schema import approvals as approvals_table
 from ..store.schema import audit_entries
 from .api import AUDIT_ROLES, may_see
@@ -378,8 +379,7 @@ async def _viewer(request: Request) -> Viewer | None:
         return None
     gateway = _gateway(request)
     now = gateway.clock()
-    async with gateway.db.aconnect() as conn:
-        found = await conn.run_sync(lambda c: sessions.lookup(c, token, now))
+    found = await read(gateway.db, lambda c: sessions.lookup(c, token, now))
     if found is None:
         return None
     person = gateway.policy.directory.get(found.person_id)
@@ -543,8 +543,7 @@ def _involved(a: Approval, person: str) -> bool:
 
 
 async def _read(db: Database, fn: Callable[[Connection], T]) -> T:
-    async with db.aconnect() as conn:
-        return await conn.run_sync(fn)
+    return await read(db, fn)
 
 
 def _check_password(db: Database, person_id: str, password: str) -> bool:
