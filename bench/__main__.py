@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
 import sys
 import time
@@ -23,7 +24,11 @@ def main(argv: list[str]) -> int:
         print(f"\n=== {name}", flush=True)
         started = time.perf_counter()
         sys.argv = [f"bench.{name}", *flags]  # each benchmark reads its own flags
-        importlib.import_module(f"bench.{name}").main()
+        entry = importlib.import_module(f"bench.{name}").main
+        if inspect.signature(entry).parameters:
+            entry(flags)
+        else:
+            entry()
         print(f"--- {name} took {time.perf_counter() - started:.1f} s", flush=True)
     return 0
 
