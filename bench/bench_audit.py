@@ -8,8 +8,9 @@ Prints:
 - `verify_store` over 1,000,000 entries on SQLite (seconds, read included);
 - with --pg, the first two on PostgreSQL as well.
 
-Figures are medians over several rounds, since a shared machine is noisy. Nothing here is
-asserted: the targets live in docs/DESIGN.md and are compared by people.
+Figures are medians over several rounds, since a shared machine is noisy; CPU time is shown
+too, as it is what the figures would be on an idle machine (the process gets a whole core).
+Nothing here is asserted: the targets live in DESIGN.md and are compared by people.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import itertools
 import sqlite3
 import statistics
 import tempfile
@@ -31,6 +33,7 @@ from clearance.audit.writer import AuditWriter
 from clearance.store.database import Database, open_database
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
+_INSERT = "INSERT INTO audit_entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 def _draft(i: int) -> AuditDraft:
@@ -59,14 +62,18 @@ async def _lone(writer: AuditWriter, n: int) -> list[float]:
     return samples
 
 
-async def _concurrent(writer: AuditWriter, callers: int, each: int) -> float:
-    async def caller(k: int) -> None:
-        for i in range(each):
-            await writer.append(_draft(k * each + i))
+async def _concurrent(writer: AuditWriter, callers: int, each: int) -> tuple[float, float]:
+    # Times follow arrival order, as `now` would: entries of one batch share an index page.
+    clock = itertools.count(10_000_000)
 
-    start = time.perf_counter()
-    await asyncio.gather(*(caller(k) for k in range(callers)))
-    return (time.perf_counter() - start) / (callers * each) * 1e6
+    async def caller() -> None:
+        for _ in range(each):
+            await writer.append(_draft(next(clock)))
+
+    start, cpu = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(caller() for _ in range(callers)))
+    n = callers * each
+    return (time.perf_counter() - start) / n * 1e6, (time.process_time() - cpu) / n * 1e6
 
 
 async def bench_append(db: Database, label: str, lone_n: int, rounds: int) -> None:
@@ -74,22 +81,65 @@ async def bench_append(db: Database, label: str, lone_n: int, rounds: int) -> No
     await _lone(writer, 300)  # warm up: connection, caches, the WAL
     medians: list[float] = []
     p99s: list[float] = []
+    cpu = 0.0
     for _ in range(rounds):
         gc.collect()
+        cpu -= time.process_time()
         samples = sorted(await _lone(writer, lone_n))
+        cpu += time.process_time()
         medians.append(statistics.median(samples))
         p99s.append(samples[int(len(samples) * 0.99)])
     print(
         f"{label:10s} lone-caller append:      median {statistics.median(medians):7.1f} µs   "
         f"p99 {statistics.median(p99s):7.1f} µs   (best round median {min(medians):.1f} µs; "
-        f"{rounds} rounds of {lone_n})"
+        f"CPU {cpu / (rounds * lone_n) * 1e6:.1f} µs an append; {rounds} rounds of {lone_n})"
     )
-    per_entry = [await _concurrent(writer, 64, 100) for _ in range(rounds)]
+    runs = [await _concurrent(writer, 64, 100) for _ in range(rounds)]
+    per_entry = [wall for wall, _ in runs]
     print(
         f"{label:10s} 64 concurrent callers:   {statistics.median(per_entry):7.1f} µs per entry "
-        f"(best {min(per_entry):.1f} µs; {rounds} rounds of 64×100)"
+        f"(best {min(per_entry):.1f} µs; CPU {statistics.median(c for _, c in runs):.1f} µs "
+        f"per entry; {rounds} rounds of 64×100)"
     )
     await writer.aclose()
+
+
+def bench_floor(path: Path, n: int, rounds: int) -> None:
+    """The same transaction as a lone append (lock, read head, insert, update head, commit)
+    on a bare sqlite3 connection: the floor under the writer's figure on this machine."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute(
+        "INSERT INTO audit_heads VALUES ('floor', 0, ?, '2025-01-01 00:00:00.000000')", (GENESIS,)
+    )
+    enc = encode_draft(_draft(0))
+    row = ["floor", 0, "2025-01-01 00:00:00.000000", "check", "carol", None, None,
+           "payments.transfer", "sha256:" + "a" * 64, "allow", enc.rule_ids_json,
+           "sha256:" + "b" * 64, None, enc.data_json, GENESIS, GENESIS]  # fmt: skip
+    medians: list[float] = []
+    seq = 0
+    for r in range(rounds + 1):
+        samples: list[float] = []
+        for _ in range(n):
+            seq += 1
+            start = time.perf_counter_ns()
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("SELECT seq, hash FROM audit_heads WHERE chain_id = 'floor'").fetchone()
+            row[1] = seq
+            conn.execute(_INSERT, row)
+            conn.execute(
+                "UPDATE audit_heads SET seq = ?, hash = ?, updated_at = ? WHERE chain_id = ?",
+                (seq, GENESIS, row[2], "floor"),
+            )
+            conn.commit()
+            samples.append((time.perf_counter_ns() - start) / 1000)
+        if r:  # the first round warms up
+            medians.append(statistics.median(samples))
+    conn.close()
+    print(
+        f"{'sqlite':10s} bare sqlite3, same txn: median {statistics.median(medians):7.1f} µs   "
+        "(reference: the database's share of a lone append)"
+    )
 
 
 def fill_sqlite(path: Path, n: int, chain_id: str = "main") -> float:
@@ -113,10 +163,10 @@ def fill_sqlite(path: Path, n: int, chain_id: str = "main") -> float:
         )  # fmt: skip
         prev = h
         if len(chunk) == 50_000:
-            conn.executemany(f"INSERT INTO audit_entries VALUES ({','.join('?' * 16)})", chunk)
+            conn.executemany(_INSERT, chunk)
             chunk.clear()
     if chunk:
-        conn.executemany(f"INSERT INTO audit_entries VALUES ({','.join('?' * 16)})", chunk)
+        conn.executemany(_INSERT, chunk)
     conn.execute(
         "INSERT INTO audit_heads (chain_id, seq, hash, updated_at) VALUES (?, ?, ?, ?)",
         (chain_id, n, prev, "2025-01-01 00:00:00.000000"),
@@ -132,13 +182,13 @@ def bench_verify(directory: Path, n: int) -> None:
     db.dispose()
     filled = fill_sqlite(directory / "verify.db", n)
     gc.collect()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     report = verify_store(db)
-    took = time.perf_counter() - start
+    took, cpu = time.perf_counter() - start, time.process_time() - cpu
     db.dispose()
     print(
         f"sqlite     verify_store:            {took:7.2f} s for {report.entries_checked:,} "
-        f"entries ({took / max(report.entries_checked, 1) * 1e6:.1f} µs each; "
+        f"entries ({took / max(report.entries_checked, 1) * 1e6:.1f} µs each; CPU {cpu:.2f} s; "
         f"{'OK' if report.ok else 'FAILED'}; generated in {filled:.1f} s)"
     )
 
@@ -160,6 +210,7 @@ def main(argv: list[str] | None = None) -> None:
             await db.aclose()
 
         asyncio.run(run())
+        bench_floor(directory / "append.db", args.lone, args.rounds)
         if args.pg:
             pg = open_database(args.pg)
             pg.migrate()

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from clearance.store.database import open_database
 from clearance.store.errors import StoreUnavailable, translate_errors
-from clearance.store.migrations import HEAD
+from clearance.store.migrations import head_revision
 
 
 @pytest.mark.parametrize(
@@ -57,9 +57,7 @@ def test_relative_sqlite_path_is_resolved(tmp_path: Path, monkeypatch: pytest.Mo
     db.dispose()
 
 
-@pytest.mark.parametrize(
-    "url", ["sqlite://", "sqlite:///:memory:", "sqlite+aiosqlite:///:memory:"]
-)
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite+aiosqlite:///:memory:"])
 def test_in_memory_sqlite_is_refused_with_a_reason(url: str) -> None:
     """An in-memory database is refused, saying why and what to use instead."""
     with pytest.raises(ValueError, match="in-memory SQLite database is not supported"):
@@ -168,7 +166,7 @@ def test_racing_migrations_in_threads(db_url: str) -> None:
     for t in threads:
         t.join()
     assert errors == []
-    assert dbs[0].current_revision() == HEAD
+    assert dbs[0].current_revision() == head_revision()
     for db in dbs:
         db.dispose()
 
@@ -179,5 +177,5 @@ def test_racing_migrations_in_processes(db_url: str) -> None:
     procs = [subprocess.Popen([sys.executable, "-c", code, db_url]) for _ in range(2)]
     assert [p.wait(timeout=60) for p in procs] == [0, 0]
     db = open_database(db_url)
-    assert db.current_revision() == HEAD
+    assert db.current_revision() == head_revision()
     db.dispose()

@@ -8,10 +8,11 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.exc import IntegrityError, StatementError
 
 from clearance.store.database import Database
-from clearance.store.migrations import HEAD
+from clearance.store.migrations import alembic_config, head_revision
 from clearance.store.schema import approvals, audit_entries, metadata, outbox, votes
 
 T = datetime(2025, 3, 4, 5, 6, 7, 891011, tzinfo=UTC)
@@ -48,10 +49,18 @@ def test_migrated_schema_equals_metadata(database: Database) -> None:
         assert compare_metadata(context, metadata) == []
 
 
+def test_migrations_form_one_line() -> None:
+    """The migrations have exactly one head and each revises the one before."""
+    scripts = ScriptDirectory.from_config(alembic_config())
+    assert len(scripts.get_heads()) == 1
+    revisions = list(scripts.walk_revisions())
+    assert revisions[-1].revision == "0001_initial" and revisions[-1].down_revision is None
+
+
 def test_migrate_is_idempotent_and_records_head(database: Database) -> None:
     """Migrating twice is harmless and leaves the database at the newest revision."""
     database.migrate()
-    assert database.current_revision() == HEAD
+    assert database.current_revision() == head_revision()
 
 
 def test_times_round_trip_as_aware_utc(database: Database) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from clearance.audit.chain import ENCODING_VERSION, canonical_ts
+from clearance.audit.chain import canonical_ts
 from clearance.store.schema import audit_entries, audit_heads
 
 __all__ = ["ENCODING_ORDER", "ENTRY_COLUMNS", "AuditSQL"]
@@ -81,16 +81,16 @@ class AuditSQL:
         self.last_entry = (
             f"SELECT seq, hash FROM {e} WHERE chain_id = {p} ORDER BY seq DESC LIMIT 1"  # noqa: S608
         )
-        # For verification: each row is the entry's canonical encoding (16 parts, `ts` turned
-        # into canonical text by the database) followed by its stored hash.
+        # For verification: each row holds the 15 parts of the entry's encoding after the
+        # version (`ts` turned into canonical text by the database), then the stored hash.
         if self.is_sqlite:  # stored as "YYYY-MM-DD HH:MM:SS.ffffff"
             ts = "substr(ts, 1, 10) || 'T' || substr(ts, 12) || '+00:00'"
         else:
             ts = "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US') || '+00:00'"
         parts = ", ".join(f"{ts} AS ts" if c == "ts" else c for c in ENCODING_ORDER if c != "hash")
-        message = f"SELECT '{ENCODING_VERSION}', {parts}, hash FROM {e}"  # noqa: S608
-        self.select_messages = f"{message} ORDER BY chain_id, seq"
-        self.select_chain_messages = f"{message} WHERE chain_id = {p} ORDER BY seq"
+        parts_select = f"SELECT {parts}, hash FROM {e}"  # noqa: S608
+        self.select_parts = f"{parts_select} ORDER BY chain_id, seq"
+        self.select_chain_parts = f"{parts_select} WHERE chain_id = {p} ORDER BY seq"
 
     def ts_param(self, ts: datetime, canonical: str) -> object:
         """The value to bind for a time column (`canonical` is `canonical_ts(ts)`).

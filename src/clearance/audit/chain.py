@@ -22,14 +22,17 @@ An entry's hash is the lowercase hex SHA-256 of the UTF-8 bytes of the canonical
 Why this encoding: a JSON array is unambiguous (every element is delimited and escaped, so
 no two different entries encode to the same bytes), canonical (one encoding per entry), and
 re-computable in any language with a JSON library. It is also fast to check straight from
-the database: every element is a flat string the store already holds, so `verify_store`
-hashes the stored text without parsing JSON or building datetimes (about 6 µs an entry with
-the read included). The flip side: the hash covers the stored bytes of `rule_ids` and
-`data`, so rewriting them in a different but equivalent JSON spelling counts as tampering.
+the database, which is what bounds `verify_store`: every element is a flat value a column
+already holds (the database even formats `ts`), so verifying a stored entry is one call of
+the C JSON encoder over the row and one SHA-256 — no JSON parsing, no datetime objects.
+Measured: about 7.5 s of CPU for 1,000,000 entries read from SQLite, the read included. The
+flip side: the hash covers the stored bytes of `rule_ids` and `data`, so rewriting them in a
+different but equivalent JSON spelling counts as tampering.
 
-The chain-independent tail of the array (`ts` … `data`, the "body") is encoded once when an
-entry is queued, which also rejects entries that cannot be encoded before they reach a batch,
-and prefixed with the entry's place (`prev_hash`, `chain_id`, `seq`) when it is assigned.
+The chain-independent tail of the array (`ts` … `data`, the "body") is encoded once, when an
+entry is queued (which also rejects entries that cannot be encoded before they reach a
+batch), and prefixed with the entry's place (`prev_hash`, `chain_id`, `seq`) when the writer
+assigns it.
 
 Verification
 ------------
@@ -46,11 +49,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from json import encoder as _json_encoder
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from clearance.audit.entry import AuditDraft, AuditEntry
 
@@ -60,9 +63,9 @@ __all__ = [
     "Anchor",
     "ChainSummary",
     "EncodedDraft",
-    "EncodedEntry",
     "Head",
     "Problem",
+    "StoredRow",
     "VerifyReport",
     "canonical_ts",
     "checkpoint_hash",
@@ -71,8 +74,9 @@ __all__ = [
     "entry_hash",
     "entry_message",
     "hash_with_body",
+    "stored_row",
     "verify",
-    "verify_encoded",
+    "verify_rows",
 ]
 
 ENCODING_VERSION = "clearance.audit.v1"
@@ -86,6 +90,9 @@ _canonical = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
 ).encode
 _PREFIX = "[" + _esc(ENCODING_VERSION) + ","
+# Verification never raises on text: a lone surrogate (which no valid entry contains) just
+# hashes to something no entry was written with.
+_UTF8, _PASS = "utf-8", "surrogatepass"
 
 
 def canonical_ts(ts: datetime) -> str:
@@ -204,15 +211,13 @@ class Anchor(NamedTuple):
     source: str  # e.g. "checkpoint 12", quoted in the report
 
 
-class EncodedEntry(NamedTuple):
-    """What verification needs of an entry. `message` is its full canonical encoding, built
-    from the same fields (None when the entry cannot be encoded)."""
+#: An entry as the store holds it and verification reads it: the 15 parts of its encoding
+#: that follow the version (prev_hash, chain_id, seq, ts, kind, …, data; `ts` as canonical
+#: text, `rule_ids` and `data` as their canonical JSON text), then its recorded hash.
+#: `verify_store` selects exactly these 16 columns, in this order.
+StoredRow = Sequence[Any]
 
-    chain_id: str
-    seq: int
-    prev_hash: str
-    hash: str
-    message: str | None
+_UNENCODABLE = object()  # stands in for a part that cannot be encoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,18 +278,23 @@ def verify(
     With `heads` (chain id → head record, read in the same snapshot as the entries) it also
     checks that each chain ends exactly at its head and that each chain has a head.
     """
-    return verify_encoded(_encoded(entries), heads, anchors)
+    return verify_rows(map(stored_row, entries), heads, anchors)
 
 
-def _encoded(entries: Iterable[AuditEntry]) -> Iterator[EncodedEntry]:
-    for e in entries:
-        try:
-            message: str | None = entry_message(
-                e.prev_hash, e.chain_id, e.seq, encode_draft(e).body
-            )
-        except (TypeError, ValueError):
-            message = None
-        yield EncodedEntry(e.chain_id, e.seq, e.prev_hash, e.hash, message)
+def stored_row(e: AuditEntry) -> tuple[Any, ...]:
+    """`e` as a `StoredRow`."""
+    ts: object
+    rule_ids_json: object
+    data_json: object
+    try:
+        ts, rule_ids_json, data_json = encode_draft(e)[1:]
+    except ValueError:
+        ts = rule_ids_json = data_json = _UNENCODABLE
+    return (
+        e.prev_hash, e.chain_id, e.seq, ts, e.kind, e.actor, e.approver, e.channel, e.action,
+        e.params_hash, e.effect, rule_ids_json, e.policy_version, e.approval_id, data_json,
+        e.hash,
+    )  # fmt: skip
 
 
 class _Chain:
@@ -297,22 +307,25 @@ class _Chain:
         self.problem: Problem | None = None
 
 
-def verify_encoded(
-    entries: Iterable[EncodedEntry | tuple[str, int, str, str, str | None]],
+def verify_rows(
+    rows: Iterable[StoredRow],
     heads: Mapping[str, Head | tuple[int, str]] | None = None,
     anchors: Iterable[Anchor] = (),
 ) -> VerifyReport:
-    """`verify`, over entries already encoded (`verify_store` reads them so from the store)."""
+    """`verify`, over entries as `StoredRow`s (as `verify_store` streams them)."""
     chains: dict[str, _Chain] = {}
     problems: list[Problem] = []
     pinned = {(a.chain_id, a.seq): a for a in anchors if a.seq > 0}
     sha256 = hashlib.sha256
+    encode = encode_parts
+    prefix = _PREFIX[:-1]  # the message is prefix + "," + encode(parts) without its "["
     checked = 0
     current: str | None = None
     state = _Chain()
     expected = 1  # of the current chain: the seq expected next, and the previous hash
     last_hash = GENESIS
-    for cid, seq, prev_hash, hash_, message in entries:
+    for row in rows:
+        prev_hash, cid, seq, hash_ = row[0], row[1], row[2], row[15]
         checked += 1
         if cid != current:
             if current is not None and state.problem is None:
@@ -327,20 +340,30 @@ def verify_encoded(
             problem = _gap(cid, seq, expected)
         elif prev_hash != last_hash:
             problem = _broken_link(cid, seq)
-        elif message is None:
-            problem = Problem(cid, seq, f"entry {seq} of chain {cid!r} cannot be encoded")
-        elif sha256(message.encode()).hexdigest() != hash_:
+        else:
+            try:
+                message = f"{prefix},{encode(row[:15])[1:]}"
+            except (TypeError, ValueError):  # SQLite keeps whatever type was written
+                problem = Problem(cid, seq, f"entry {seq} of chain {cid!r} cannot be encoded")
+            else:
+                if sha256(message.encode(_UTF8, _PASS)).hexdigest() != hash_:
+                    problem = Problem(
+                        cid,
+                        seq,
+                        f"entry {seq} of chain {cid!r} was altered: its hash does not match "
+                        "its contents",
+                    )
+        if (
+            problem is None
+            and pinned
+            and (anchor := pinned.get((cid, seq))) is not None
+            and anchor.hash != hash_
+        ):
             problem = Problem(
                 cid,
                 seq,
-                f"entry {seq} of chain {cid!r} was altered: its hash does not match its contents",
-            )
-        elif pinned and (anchor := pinned.get((cid, seq))) is not None and anchor.hash != hash_:
-            problem = Problem(
-                cid,
-                seq,
-                f"entry {seq} of chain {cid!r} does not match {anchor.source} "
-                "(history rewritten after it was recorded?)",
+                f"entry {seq} of chain {cid!r} does not match {anchor.source}: the chain up "
+                f"to entry {seq} was rewritten (and re-hashed) after the checkpoint",
             )
         if problem is not None:
             state.problem = problem

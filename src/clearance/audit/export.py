@@ -23,8 +23,7 @@ from clearance.audit.chain import (
     VerifyReport,
     canonical_ts,
     checkpoint_hash,
-    encode_parts,
-    verify_encoded,
+    verify_rows,
 )
 from clearance.audit.entry import AuditEntry
 from clearance.canonical import canonical_json
@@ -205,34 +204,38 @@ def verify_store(
             dbapi: Any = conn.connection.dbapi_connection
             if dbapi is None:  # pragma: no cover - a checked-out connection has one
                 raise RuntimeError("connection is closed")
-            if db.is_sqlite:
-                cursor = dbapi.cursor()
-                cursor.arraysize = chunk_size
-            else:  # a server-side cursor: rows arrive chunk_size at a time
-                cursor = dbapi.cursor(name="clearance_verify_store")
-                cursor.itersize = chunk_size
-            try:
-                if chain_id is None:
-                    cursor.execute(sql.select_messages)
-                else:
-                    cursor.execute(sql.select_chain_messages, (chain_id,))
-                report = verify_encoded(_encoded_rows(cursor), heads, anchors)
-            finally:
-                cursor.close()
+            report = _verify_stored(db, dbapi, sql, chain_id, heads, anchors, chunk_size)
     if problems:
         report = dataclasses.replace(report, problems=(*problems, *report.problems))
     return report
 
 
-def _encoded_rows(cursor: Any) -> Iterator[tuple[Any, Any, Any, Any, str | None]]:
-    """(chain_id, seq, prev_hash, hash, message) from rows of `AuditSQL.select_messages`."""
-    encode = encode_parts
-    for row in cursor:
-        try:
-            message: str | None = encode(row[:16])
-        except (TypeError, ValueError):  # SQLite keeps whatever type was written
-            message = None
-        yield row[2], row[3], row[1], row[16], message
+def _verify_stored(
+    db: Database,
+    dbapi: Any,
+    sql: AuditSQL,
+    chain_id: str | None,
+    heads: dict[str, Head],
+    anchors: list[Anchor],
+    chunk_size: int,
+) -> VerifyReport:
+    """Stream every entry's encoding parts and verify them. Only the continuity checks and
+    one JSON encoding + SHA-256 per entry run in Python; the timestamp is formatted by the
+    database, and no JSON is parsed."""
+    if db.is_sqlite:
+        cursor = dbapi.cursor()
+        cursor.arraysize = chunk_size
+    else:  # a server-side cursor: rows arrive chunk_size at a time
+        cursor = dbapi.cursor(name="clearance_verify_store")
+        cursor.itersize = chunk_size
+    try:
+        if chain_id is None:
+            cursor.execute(sql.select_parts)
+        else:
+            cursor.execute(sql.select_chain_parts, (chain_id,))
+        return verify_rows(cursor, heads, anchors)
+    finally:
+        cursor.close()
 
 
 def _checkpoint_anchors(rows: Any) -> tuple[list[Anchor], list[Problem]]:

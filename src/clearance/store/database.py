@@ -37,6 +37,7 @@ _PG_ASYNC = "postgresql+asyncpg"
 #: Key of the PostgreSQL advisory lock held while migrating (any constant will do; this is
 #: the first 8 bytes of sha256("clearance.migrate") as a signed integer).
 _MIGRATE_LOCK_KEY = 0x2E1A_9C3B_5D7F_4A61
+_MIGRATE_WAIT_MS = 120_000
 _CONNECT_TIMEOUT_S = 5
 
 
@@ -47,6 +48,7 @@ class Database:
     sync_engine: Engine
     async_engine: AsyncEngine
     dialect: str  # "sqlite" or "postgresql"
+    busy_timeout_ms: int = 5000  # SQLite: how long a statement waits for a lock
 
     @property
     def is_sqlite(self) -> bool:
@@ -93,13 +95,20 @@ class Database:
 
         with translate_errors(), self.sync_engine.connect() as conn:
             if self.is_sqlite:
+                # Racing migrators queue on the write lock, each holding it while Alembic
+                # loads its scripts: wait longer than a request would.
+                _sqlite_pragma(conn, f"busy_timeout = {_MIGRATE_WAIT_MS}")
                 conn.execution_options(sqlite_begin="IMMEDIATE")
-            with conn.begin():
-                if not self.is_sqlite:
-                    conn.execute(
-                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATE_LOCK_KEY}
-                    )
-                upgrade_head(conn)
+            try:
+                with conn.begin():
+                    if not self.is_sqlite:
+                        conn.execute(
+                            text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATE_LOCK_KEY}
+                        )
+                    upgrade_head(conn)
+            finally:
+                if self.is_sqlite:
+                    _sqlite_pragma(conn, f"busy_timeout = {int(self.busy_timeout_ms)}")
 
     def current_revision(self) -> str | None:
         """The migration the database is at, or None before the first `migrate()`."""
@@ -146,7 +155,7 @@ def open_database(
         async_engine = create_async_engine(async_url)
         _configure_sqlite(sync_engine, busy_timeout_ms)
         _configure_sqlite(async_engine.sync_engine, busy_timeout_ms)
-        return Database(sync_engine, async_engine, "sqlite")
+        return Database(sync_engine, async_engine, "sqlite", int(busy_timeout_ms))
     if backend in ("postgresql", "postgres"):
         base = parsed.set(drivername=_PG_SYNC)
         sync_engine = create_engine(
@@ -181,6 +190,12 @@ def _sqlite_urls(url: URL, *, create_dirs: bool) -> tuple[URL, URL]:
             raise unavailable_from(exc) from exc
     url = url.set(database=os.fspath(path))
     return url.set(drivername=_SQLITE_SYNC), url.set(drivername=_SQLITE_ASYNC)
+
+
+def _sqlite_pragma(conn: Connection, pragma: str) -> None:
+    """Run a PRAGMA on the driver connection, outside any transaction."""
+    dbapi: Any = conn.connection.dbapi_connection
+    dbapi.execute(f"PRAGMA {pragma}").close()
 
 
 def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:

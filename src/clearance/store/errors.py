@@ -8,6 +8,7 @@ the store: anything that means "the database cannot be used right now" becomes
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -30,11 +31,19 @@ def is_unavailable(exc: BaseException) -> bool:
         return exc.connection_invalidated or isinstance(
             exc, sa_exc.OperationalError | sa_exc.InterfaceError
         )
+    # The drivers' own errors, when a DB-API cursor is used directly (the audit hot path).
+    if isinstance(exc, sqlite3.OperationalError | sqlite3.InterfaceError):
+        return True
+    if type(exc).__module__.startswith("psycopg"):
+        return any(c.__name__ in _PSYCOPG_UNAVAILABLE for c in type(exc).__mro__)
     # Pool exhausted (sqlalchemy.exc.TimeoutError), socket errors raised while connecting
     # (asyncpg raises ConnectionRefusedError, an OSError), connect timeouts.
     return isinstance(
         exc, sa_exc.TimeoutError | sa_exc.DisconnectionError | OSError | asyncio.TimeoutError
     )
+
+
+_PSYCOPG_UNAVAILABLE = frozenset({"OperationalError", "InterfaceError"})
 
 
 def unavailable_from(exc: BaseException) -> StoreUnavailable:
