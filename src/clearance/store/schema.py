@@ -321,3 +321,9 @@ channel_events = Table(
     Column("event_id", String(255), primary_key=True),
     Column("received_at", UTCDateTime(), nullable=False),
 )
+
+
+# Tables other packages define on this `metadata`, each created by its own migration, are
+# imported here so that `metadata` is complete wherever the schema is used (Alembic, the
+# schema test). Keep this at the end: those modules import the names above.
+import clearance.risk.tables  # noqa: E402, F401 - registers risk_state (migration 0003_risk)

@@ -1,0 +1,694 @@
+"""Risk signals benchmark: what the signals add to a check, with 1,000,000 past checks stored.
+
+1. Past checks — 1,000,000 checks (200,000 with `--quick`) spread over the 30 days before
+   "now", by 20,000 people through 200 agents over 10 actions (a heavy-tailed mix: a few
+   people make most requests), from their home country (2% elsewhere), on one to three
+   devices, paying mostly their usual payees out of 50,000, 3% denied. They are replayed in
+   memory through the same counters the store keeps (`clearance.risk.activity`) and the
+   resulting summaries bulk-inserted into `risk_state` (the store holds summaries, not one
+   row per check; a smoke test proves the two give the same rows). Three agents have also
+   been busy every second of the last day, so the heaviest rows are there too.
+2. Checks — one sequential caller on the event loop, `examples/enterprise/clearance.yaml`,
+   a SQLite file (WAL) and the audit writer (group commit), as `Gateway.check` does it:
+   transfers under $500 by people drawn from the same population. Variants, interleaved in
+   rounds so that machine noise hits them alike:
+   - `without`         evaluate (risk = the neutral default) + `writer.append(entry)`;
+   - `without/run`     the same entry through `writer.run` (a unit: a SAVEPOINT, which is
+                       what writing anything else with the entry takes);
+   - `with`            `risk.assessment` on a reader connection (one indexed read, none on a
+                       cache hit) + evaluate + `writer.run(entry + risk.record)` (one upsert)
+                       + `risk.committed`: the integration proposed to the lead;
+   - `with/no-cache`   `with`, on an engine without its row cache (other people, so the two
+                       engines never write the same rows);
+   - `with/in-unit`    the read, evaluation, entry and record all inside one writer unit;
+   - `without/raw-sp`, `with/raw-sp`  `without/run` and `with` on a writer whose units
+                       take their SAVEPOINT on the DB-API cursor (a proposed writer change,
+                       emulated here: `RawSavepointWriter`);
+   - `with/hot`        `with`, for the busy agents (their rows are the largest).
+   Wall-clock median and p99 µs a check, and the process's CPU time (all threads); the
+   target is `with` < 2 × `without` (the issue: "a check with risk signals stays under 2×
+   the cost of one without"). Also `assess` and `record` alone, on plain connections.
+
+Run: `.venv/bin/python -m bench risk` (about 75 s here) or `… risk --quick`. Flags with a
+value take `=`: `--past=N`; `--database-url=postgresql://…` runs everything against
+PostgreSQL (an empty or migrated database); `--sqlite-tuning` adds the proposed page cache
+and mmap pragmas. Nothing is asserted; `tests/risk/test_bench_risk.py` runs the builders at
+tiny sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import functools
+import gc
+import math
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, event, func, insert, select
+
+from clearance.audit.entry import AuditDraft, Kind
+from clearance.audit.writer import AuditWriter, WriteTx
+from clearance.canonical import params_hash
+from clearance.policy import Engine, Request, load_policy
+from clearance.risk import Recorded, RiskEngine
+from clearance.risk.activity import EPOCH, Activity
+from clearance.risk.store import (
+    ACTOR_ACTION,
+    AGENT_ACTION,
+    AGENT_DENIALS,
+    PAYEE_BANK,
+    SEEN_DEVICE,
+    SEEN_GEO,
+    SEEN_PAYEE,
+    _time_bytes,
+    _times_encode,
+)
+from clearance.risk.tables import risk_state
+from clearance.store.database import Database, open_database
+
+ROOT = Path(__file__).resolve().parents[1]
+ENTERPRISE = ROOT / "examples" / "enterprise" / "clearance.yaml"
+SEED = 20_261_125
+NOW = datetime(2026, 11, 24, 14, 0, tzinfo=UTC)  # a Tuesday afternoon
+SPAN_S = 30 * 86400
+TARGET_RATIO = 2.0
+SQLITE_CACHE_KB = 65536
+SQLITE_MMAP_BYTES = 256 * 1024 * 1024
+
+ACTIONS: tuple[tuple[str, float], ...] = (
+    ("payments.transfer", 0.30),
+    ("data.read", 0.25),
+    ("comms.send", 0.15),
+    ("procurement.purchase_order", 0.10),
+    ("data.export", 0.06),
+    ("data.write", 0.05),
+    ("accounts.close", 0.03),
+    ("procurement.add_vendor", 0.03),
+    ("accounts.change_owner", 0.02),
+    ("procurement.change_supplier_terms", 0.01),
+)
+PAYING = frozenset({"payments.transfer", "procurement.purchase_order"})
+COUNTRIES = ("US", "GB", "DE", "FR", "NL", "IE", "ES", "IT", "CA", "MX", "BR", "IN", "JP", "AU")
+
+
+@dataclass(frozen=True, slots=True)
+class Sizes:
+    past: int = 1_000_000
+    people: int = 20_000
+    agents: int = 200
+    payees: int = 50_000
+    hot_agents: int = 3
+    hot_seconds: int = 86_400  # the busy agents' last day, one request a second
+    rounds: int = 20
+    per_round: int = 150
+    warmup: int = 300
+    alone: int = 2_000
+
+
+FULL = Sizes()
+QUICK = Sizes(past=200_000, rounds=8, per_round=100, warmup=200, alone=500)
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Past checks
+
+
+@dataclass
+class Population:
+    """Who makes requests, and how: deterministic from the seed."""
+
+    sizes: Sizes
+    rng: random.Random
+    home: list[str] = field(default_factory=list)
+    devices: list[int] = field(default_factory=list)
+    typical: list[float] = field(default_factory=list)
+    cum_weights: list[float] = field(default_factory=list)
+
+    @classmethod
+    def make(cls, sizes: Sizes, seed: int = SEED) -> Population:
+        rng = random.Random(seed)
+        pop = cls(sizes, rng)
+        total = 0.0
+        for i in range(sizes.people):
+            pop.home.append(rng.choice(COUNTRIES))
+            pop.devices.append(rng.randint(1, 3))
+            pop.typical.append(rng.lognormvariate(math.log(150), 0.8))
+            total += 1.0 / (i + 1) ** 0.8  # heavy-tailed: a few people make most requests
+            pop.cum_weights.append(total)
+        return pop
+
+    def person(self, i: int) -> str:
+        return f"user-{i:05d}"
+
+    def agent(self, i: int) -> str:
+        return f"agent-{i % self.sizes.agents:03d}"
+
+    def payee(self, i: int, rng: random.Random) -> str:
+        if rng.random() < 0.05:
+            return f"payee-{rng.randrange(self.sizes.payees):05d}"
+        return f"payee-{(i * 7 + rng.randrange(5)) % self.sizes.payees:05d}"  # usual five
+
+    def request(
+        self, i: int, action: str, rng: random.Random, *, cap: float | None = None
+    ) -> Request:
+        params: dict[str, Any] = {}
+        if action in PAYING:
+            amount = round(self.typical[i] * rng.lognormvariate(0, 0.3), 2)
+            params = {
+                "amount": min(amount, cap) if cap else amount,
+                "destination_country": "US",
+                "payee_id": self.payee(i, rng),
+                "currency": "USD",
+            }
+        elif action == "procurement.change_supplier_terms":
+            changes = ["bank_details"] if rng.random() < 0.2 else ["payment_terms"]
+            params = {"supplier_id": self.payee(i, rng), "changes": changes}
+        elif action.startswith("data."):
+            params = {"classification": "general", "rows": rng.randint(1, 500)}
+        elif action == "comms.send":
+            params = {"category": "customer_response"}
+        geo = self.home[i] if rng.random() >= 0.02 else rng.choice(COUNTRIES)
+        context = {"geo": geo, "device_id": f"dev-{i}-{rng.randrange(self.devices[i])}"}
+        return Request(action, params, {"user": self.person(i), "agent": self.agent(i)}, context)
+
+
+@dataclass
+class Summaries:
+    """The store's rows after the past checks, built in memory."""
+
+    activity: dict[tuple[str, str, str], Activity] = field(default_factory=dict)
+    seen: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    bank: dict[str, float] = field(default_factory=dict)
+    denials: dict[str, list[float]] = field(default_factory=dict)
+    checks: int = 0
+
+    def rows(self, retention_s: float, bank_s: float, burst_s: float) -> Iterator[tuple[Any, ...]]:
+        """(kind, subject, item, version, state, updated_at, expires_at) epoch-second rows."""
+        for (kind, subject, item), a in self.activity.items():
+            keep = max(retention_s, 86400.0) if kind == ACTOR_ACTION else 86400.0
+            last = float(a.sb[-1] + EPOCH)  # the newest 1 s bucket: the last request
+            yield kind, subject, item, 1, a.encode(), last, last + keep
+        for (kind, subject, item), t in self.seen.items():
+            yield kind, subject, item, 1, _time_bytes(t), t, t + retention_s
+        for payee, t in self.bank.items():
+            yield PAYEE_BANK, payee, "", 1, _time_bytes(t), t, t + bank_s
+        for agent, times in self.denials.items():
+            state = _times_encode(times)
+            yield AGENT_DENIALS, agent, "", 1, state, times[-1], times[-1] + burst_s
+
+
+def simulate(pop: Population, risk: RiskEngine, n: int, end: datetime) -> Summaries:
+    """Replay `n` past checks ending at `end` through the counters, in time order."""
+    rng = pop.rng
+    sizes = pop.sizes
+    settings = risk.settings
+    keep = settings.anomaly.history_size
+    burst = settings.patterns.denial_burst.count
+    who = rng.choices(range(sizes.people), cum_weights=pop.cum_weights, k=n)
+    names = [a for a, _ in ACTIONS]
+    what = rng.choices(names, weights=[w for _, w in ACTIONS], k=n)
+    start = end.timestamp() - SPAN_S
+    out = Summaries()
+    for k in range(n):
+        i = who[k]
+        req = pop.request(i, what[k], rng)
+        facts = risk.facts(req)
+        t = start + (k + rng.random()) * SPAN_S / n
+        refused = rng.random() < 0.03
+        _count(out, facts, t, refused, keep, burst)
+    # The busy agents: one request a second for the last 24 hours (their rows are the largest).
+    for h in range(sizes.hot_agents):
+        req = hot_request(h, 0)
+        facts = risk.facts(req)
+        first = end.timestamp() - sizes.hot_seconds
+        for s in range(sizes.hot_seconds):
+            _count(out, facts, first + s, False, keep, burst)
+    out.checks = n + sizes.hot_agents * sizes.hot_seconds
+    return out
+
+
+def _count(out: Summaries, facts: Any, t: float, refused: bool, keep: int, burst: int) -> None:
+    if facts.actor:
+        key = (ACTOR_ACTION, facts.actor, facts.action)
+        a = out.activity.get(key)
+        if a is None:
+            a = out.activity[key] = Activity()
+        a.add(t, None if refused else facts.amount, keep_amounts=keep)
+        for kind, value in (
+            (SEEN_GEO, facts.geo),
+            (SEEN_DEVICE, facts.device),
+            (SEEN_PAYEE, facts.payee),
+        ):
+            if value:
+                out.seen[(kind, facts.actor, value)] = t
+    if facts.agent:
+        key = (AGENT_ACTION, facts.agent, facts.action)
+        a = out.activity.get(key)
+        if a is None:
+            a = out.activity[key] = Activity()
+        a.add(t, None, keep_amounts=0)
+        if refused:
+            times = out.denials.setdefault(facts.agent, [])
+            times.append(t)
+            del times[:-burst]
+    if facts.bank_change_payee:
+        out.bank[facts.bank_change_payee] = t
+
+
+def hot_request(h: int, k: int) -> Request:
+    """A request of busy agent `h` (no person: the agent is the actor)."""
+    return Request(
+        "data.read",
+        {"classification": "general", "rows": 10 + k % 50},
+        {"agent": f"hot-agent-{h}"},
+        {"geo": "US", "device_id": f"hot-{h}"},
+    )
+
+
+def bulk_insert(db: Database, summaries: Summaries, risk: RiskEngine, batch: int = 20_000) -> int:
+    """Insert the summaries into `risk_state` (raw executemany on SQLite); how many rows."""
+    s = risk.settings
+    rows = summaries.rows(
+        s.retention_days * 86400.0,
+        s.patterns.payee_bank_change.days * 86400.0,
+        s.patterns.denial_burst.minutes * 60.0,
+    )
+    n = 0
+    with db.begin() as conn:
+        chunk: list[tuple[Any, ...]] = []
+        for row in rows:
+            chunk.append(row)
+            if len(chunk) >= batch:
+                n += _insert(conn, db, chunk)
+                chunk = []
+        if chunk:
+            n += _insert(conn, db, chunk)
+    return n
+
+
+def _insert(conn: Connection, db: Database, chunk: list[tuple[Any, ...]]) -> int:
+    if db.is_sqlite:
+        values = [(*r[:5], _sqlite_time(r[5]), _sqlite_time(r[6])) for r in chunk]
+        cursor = conn.connection.cursor()
+        try:
+            cursor.executemany(
+                "INSERT INTO risk_state (kind, subject, item, version, state, updated_at, "
+                "expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                values,
+            )
+        finally:
+            cursor.close()
+    else:
+        keys = ("kind", "subject", "item", "version", "state", "updated_at", "expires_at")
+        conn.execute(
+            insert(risk_state),
+            [dict(zip(keys, (*r[:5], _aware(r[5]), _aware(r[6])), strict=True)) for r in chunk],
+        )
+    return len(chunk)
+
+
+def _sqlite_time(ts: float) -> str:
+    return _aware(ts).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _aware(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Checks
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """Wall-clock median and p99, and the median CPU time of the process (all threads: the
+    PostgreSQL writer works in its own), in µs."""
+
+    n: int
+    median_us: float
+    p99_us: float
+    cpu_us: float = math.nan
+
+    @classmethod
+    def of(cls, samples_ns: Sequence[int], cpu_ns: Sequence[int] = ()) -> Stats:
+        if not samples_ns:
+            return cls(0, math.nan, math.nan)
+        ordered = sorted(samples_ns)
+        p99 = ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
+        cpu = statistics.median(cpu_ns) / 1000 if cpu_ns else math.nan
+        return cls(len(ordered), statistics.median(ordered) / 1000, p99 / 1000, cpu)
+
+
+class RawSavepointWriter(AuditWriter):
+    """A PROTOTYPE of a writer change proposed to the lead, emulated here to measure it: a
+    unit's SAVEPOINT / RELEASE go straight to the DB-API cursor (as `append` already does
+    for its statements) instead of through SQLAlchemy's `begin_nested()`, which costs about
+    as much as the append itself. Built on the writer's private `_run_unit`; when that
+    changes, the variants using it are skipped."""
+
+    def _run_unit(self, conn: Any, batch: Any, work: Any, item: Any) -> None:
+        mark = batch.mark()
+        cursor = conn.connection.cursor()
+        cursor.execute("SAVEPOINT clearance_unit")
+        tx = WriteTx(conn, batch)
+        try:
+            item.result = work(tx)
+        except Exception as exc:
+            cursor.execute("ROLLBACK TO SAVEPOINT clearance_unit")
+            cursor.execute("RELEASE SAVEPOINT clearance_unit")
+            batch.reset(mark)
+            item.error = exc
+        else:
+            cursor.execute("RELEASE SAVEPOINT clearance_unit")
+        finally:
+            tx._open = False
+            cursor.close()
+
+
+def raw_savepoints_available() -> bool:
+    return callable(getattr(AuditWriter, "_run_unit", None))
+
+
+class Bench:
+    """The gateway's check path, spelled out, with and without risk signals."""
+
+    def __init__(self, db: Database, pop: Population, risk: RiskEngine, engine: Engine) -> None:
+        self.db = db
+        self.pop = pop
+        self.risk = risk
+        self.uncached = RiskEngine(risk.settings, cache_rows=0)
+        self.engine = engine
+        self.writer = AuditWriter(db, "bench-risk")
+        self.raw_writer = RawSavepointWriter(db, "bench-risk-raw")
+        self.reader = db.sync_engine.connect()
+        self.rng = random.Random(SEED + 1)
+        self.clock = NOW.timestamp()
+        self.effects: dict[str, int] = {}
+
+    async def aclose(self) -> None:
+        await self.writer.aclose()
+        await self.raw_writer.aclose()
+        self.reader.close()
+
+    def now(self) -> datetime:
+        self.clock += 0.01  # 100 checks a second of simulated time
+        return _aware(self.clock)
+
+    def next_request(self, parity: int = 0) -> Request:
+        """A transfer by someone drawn from the population (even or odd `parity` only, so
+        that the engines with and without a cache never record the same subjects: for one
+        engine, the other's writes would look like another instance's)."""
+        i = self.rng.choices(range(self.pop.sizes.people), cum_weights=self.pop.cum_weights)[0]
+        if i % 2 != parity:
+            i = i + 1 if i + 1 < self.pop.sizes.people else i - 1
+        return self.pop.request(i, "payments.transfer", self.rng, cap=499.0)
+
+    def entry(
+        self, request: Request, decision: Any, now: datetime, risk: dict[str, Any] | None
+    ) -> AuditDraft:
+        data: dict[str, Any] = {
+            "decision_id": decision.decision_id,
+            "reasons": list(decision.reasons),
+            "params": request.params,
+            "actor": dict(request.actor),
+            "agent": request.actor.get("agent"),
+        }
+        if risk is not None:
+            data["risk"] = risk
+        self.effects[decision.effect.value] = self.effects.get(decision.effect.value, 0) + 1
+        return AuditDraft(
+            kind=Kind.CHECK,
+            ts=now,
+            actor=request.actor.get("user") or request.actor.get("agent"),
+            channel="api",
+            action=request.action,
+            params_hash=params_hash(request.params),
+            effect=decision.effect.value,
+            rule_ids=decision.rules,
+            policy_version=decision.policy_version,
+            data=data,
+        )
+
+    # -- the variants --------------------------------------------------------------------------
+    async def without(self, request: Request) -> None:
+        decision = self.engine.evaluate(request)
+        await self.writer.append(self.entry(request, decision, self.now(), None))
+
+    async def without_run(self, request: Request, *, raw: bool = False) -> None:
+        decision = self.engine.evaluate(request)
+        entry = self.entry(request, decision, self.now(), None)
+        writer = self.raw_writer if raw else self.writer
+        await writer.run(lambda tx: tx.audit(entry))
+
+    async def with_risk(self, request: Request, *, cached: bool = True, raw: bool = False) -> None:
+        """Read before evaluating (reader connection); record in the entry's unit."""
+        now = self.now()
+        risk = self.risk if cached else self.uncached
+        assessment = risk.assessment(self.reader, request, now)
+        request = dataclasses.replace(request, risk=assessment.risk)
+        decision = self.engine.evaluate(request)
+        entry = self.entry(request, decision, now, assessment.risk)
+
+        def unit(tx: WriteTx) -> Recorded:
+            tx.audit(entry)
+            return risk.record(tx.conn, request, decision.effect, now, assessment=assessment)
+
+        writer = self.raw_writer if raw else self.writer
+        risk.committed(await writer.run(unit))
+
+    async def with_risk_in_unit(self, request: Request) -> None:
+        """Read, evaluate, audit and record, all inside one writer unit."""
+        now = self.now()
+        risk = self.risk
+
+        def unit(tx: WriteTx) -> Recorded:
+            assessment = risk.assessment(tx.conn, request, now)
+            assessed = dataclasses.replace(request, risk=assessment.risk)
+            decision = self.engine.evaluate(assessed)
+            tx.audit(self.entry(assessed, decision, now, assessment.risk))
+            return risk.record(tx.conn, assessed, decision.effect, now, assessment=assessment)
+
+        risk.committed(await self.writer.run(unit))
+
+
+Variant = Callable[[Request], Awaitable[None]]
+
+
+async def measure(bench: Bench, sizes: Sizes) -> dict[str, Stats]:
+    people = bench.next_request
+    variants: dict[str, tuple[Variant, Callable[[], Request]]] = {
+        "without": (bench.without, people),
+        "without/run": (bench.without_run, people),
+        "with": (bench.with_risk, people),
+        "with/no-cache": (
+            functools.partial(bench.with_risk, cached=False),
+            functools.partial(bench.next_request, 1),
+        ),
+        "with/in-unit": (bench.with_risk_in_unit, people),
+    }
+    if raw_savepoints_available():
+        variants["without/raw-sp"] = (functools.partial(bench.without_run, raw=True), people)
+        variants["with/raw-sp"] = (functools.partial(bench.with_risk, raw=True), people)
+    hot = iter(range(10**9))
+    hot_agents = max(1, bench.pop.sizes.hot_agents)
+    variants["with/hot"] = (bench.with_risk, lambda: hot_request(next(hot) % hot_agents, next(hot)))
+    for fn, make in variants.values():  # warm up every path (statement caches, pages)
+        for _ in range(max(1, sizes.warmup // len(variants))):
+            await fn(make())
+    bench.risk.cache.hits = bench.risk.cache.misses = 0
+    samples: dict[str, list[int]] = {name: [] for name in variants}
+    cpu: dict[str, list[int]] = {name: [] for name in variants}
+    order = list(variants)
+    wall, thread = time.perf_counter_ns, time.process_time_ns
+    gc.collect()
+    gc.disable()
+    try:
+        for r in range(sizes.rounds):
+            for name in order[r % len(order) :] + order[: r % len(order)]:
+                fn, make = variants[name]
+                out, out_cpu = samples[name], cpu[name]
+                for _ in range(sizes.per_round):
+                    request = make()
+                    c0 = thread()
+                    started = wall()
+                    await fn(request)
+                    out.append(wall() - started)
+                    out_cpu.append(thread() - c0)
+            gc.collect()
+    finally:
+        gc.enable()
+    return {name: Stats.of(samples[name], cpu[name]) for name in variants}
+
+
+def measure_alone(bench: Bench, n: int) -> tuple[Stats, Stats]:
+    """`assess` (reader connection) and `record` (in a transaction) alone, per call."""
+    reads: list[int] = []
+    writes: list[int] = []
+    conn = bench.db.sync_engine.connect()
+    try:
+        for _ in range(n):
+            request = bench.next_request()
+            now = bench.now()
+            started = time.perf_counter_ns()
+            assessment = bench.risk.assessment(bench.reader, request, now)
+            reads.append(time.perf_counter_ns() - started)
+            with conn.begin():
+                started = time.perf_counter_ns()
+                recorded = bench.risk.record(conn, request, "allow", now, assessment=assessment)
+                writes.append(time.perf_counter_ns() - started)
+            bench.risk.committed(recorded)
+    finally:
+        conn.close()
+    return Stats.of(reads), Stats.of(writes)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def prepare(
+    url: str, sizes: Sizes, risk: RiskEngine, *, sqlite_tuning: bool = False
+) -> tuple[Database, Population, dict[str, float]]:
+    """Open and migrate the database, replay and insert the past checks."""
+    db = open_database(url)
+    if sqlite_tuning and db.is_sqlite:
+        tune_sqlite(db)
+    db.migrate()
+    with db.connect() as conn:
+        existing = conn.execute(select(func.count()).select_from(risk_state)).scalar_one()
+    figures: dict[str, float] = {"existing_rows": float(existing)}
+    pop = Population.make(sizes)
+    started = time.perf_counter()
+    summaries = simulate(pop, risk, sizes.past, NOW)
+    figures["simulate_s"] = time.perf_counter() - started
+    figures["checks"] = float(summaries.checks)
+    started = time.perf_counter()
+    if not existing:
+        figures["rows"] = float(bulk_insert(db, summaries, risk))
+    figures["insert_s"] = time.perf_counter() - started
+    return db, pop, figures
+
+
+async def run_checks(
+    db: Database, pop: Population, risk: RiskEngine, sizes: Sizes
+) -> tuple[dict[str, Stats], tuple[Stats, Stats], dict[str, int]]:
+    engine = Engine(load_policy(ENTERPRISE))
+    bench = Bench(db, pop, risk, engine)
+    try:
+        results = await measure(bench, sizes)
+        cache = risk.cache
+        looked = cache.hits + cache.misses
+        bench.effects["cache hit %"] = round(100 * cache.hits / looked) if looked else 0
+        alone = measure_alone(bench, sizes.alone)
+    finally:
+        await bench.aclose()
+    return results, alone, bench.effects
+
+
+def tune_sqlite(db: Database) -> None:
+    """A PROPOSAL for `clearance.store.database` (emulated here): give each SQLite connection
+    a 64 MB page cache and memory-map the file, so that B-tree pages are not read again with
+    a system call on every statement (the default cache is 2 MB)."""
+
+    @event.listens_for(db.sync_engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KB}")
+            cursor.execute(f"PRAGMA mmap_size = {SQLITE_MMAP_BYTES}")
+        finally:
+            cursor.close()
+
+
+def run(sizes: Sizes, url: str | None, label: str, *, sqlite_tuning: bool = False) -> int:
+    risk = RiskEngine()
+    with tempfile.TemporaryDirectory(prefix="bench-risk-") as tmp:
+        target = url or f"sqlite:///{tmp}/risk.db"
+        tuning = "; SQLite tuning (64 MB cache, mmap)" if sqlite_tuning else ""
+        print(
+            f"risk signals benchmark ({label}): {sizes.past:,} past checks; load {_load()}{tuning}"
+        )
+        db, pop, figures = prepare(target, sizes, risk, sqlite_tuning=sqlite_tuning)
+        where = db.url if not db.is_sqlite else "SQLite (WAL) in a temporary directory"
+        rows = int(figures.get("rows", figures["existing_rows"]))
+        print(
+            f"  store: {where}; {int(figures['checks']):,} past checks replayed in "
+            f"{figures['simulate_s']:.1f} s → {rows:,} risk_state rows, inserted in "
+            f"{figures['insert_s']:.1f} s"
+        )
+        if db.is_sqlite:
+            size = Path(str(db.sync_engine.url.database)).stat().st_size
+            print(f"  database file: {size / 1e6:.0f} MB")
+        try:
+            results, (reads, writes), effects = asyncio.run(run_checks(db, pop, risk, sizes))
+        finally:
+            db.dispose()
+    decisions = dict(sorted(effects.items()))
+    print(f"  checks per variant: {results['with'].n:,} (after warm-up); decisions {decisions}")
+    print(
+        f"  {'variant':<16}{'median µs':>10}{'p99 µs':>10}{'× without':>10}"
+        f"{'CPU µs':>10}{'× without':>10}"
+    )
+    base = results["without"]
+    for name, st in results.items():
+        print(
+            f"  {name:<16}{st.median_us:>10.1f}{st.p99_us:>10.1f}"
+            f"{st.median_us / base.median_us:>10.2f}{st.cpu_us:>10.1f}"
+            f"{st.cpu_us / base.cpu_us:>10.2f}"
+        )
+    print(f"  assess alone: median {reads.median_us:.1f} µs, p99 {reads.p99_us:.1f} µs")
+    print(f"  record alone: median {writes.median_us:.1f} µs, p99 {writes.p99_us:.1f} µs")
+    for name in ("with", "with/raw-sp"):
+        if name in results:
+            ratio = results[name].median_us / base.median_us
+            cpu_ratio = results[name].cpu_us / base.cpu_us
+            verdict = "meets" if ratio < TARGET_RATIO else "MISSES"
+            print(
+                f"  target: {name} < {TARGET_RATIO:g} × without → {ratio:.2f} × wall, "
+                f"{cpu_ratio:.2f} × CPU ({verdict})"
+            )
+    return 0
+
+
+def _load() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench risk",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true", help="200,000 past checks, fewer rounds")
+    parser.add_argument("--past", type=int, default=None, help="number of past checks")
+    parser.add_argument("--database-url", default=os.environ.get("BENCH_RISK_DATABASE_URL"))
+    parser.add_argument(
+        "--sqlite-tuning", action="store_true", help="the proposed SQLite cache and mmap pragmas"
+    )
+    args, _ = parser.parse_known_args(list(argv) if argv is not None else sys.argv[1:])
+    sizes = QUICK if args.quick else FULL
+    if args.past is not None:
+        sizes = dataclasses.replace(sizes, past=args.past)
+    label = "quick" if args.quick else "full"
+    return run(sizes, args.database_url, label, sqlite_tuning=args.sqlite_tuning)
+
+
+__all__ = ["main"]
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,176 @@
+"""Risk signals: facts about a request computed from the store's own history and the caller's
+context, exposed to policies as `risk.*`, shown to approvers, recorded in the audit entry.
+
+One check, in the gateway::
+
+    assessment = risk.assessment(conn, request, now)        # one indexed read (or none)
+    request = dataclasses.replace(request, risk=assessment.risk)
+    decision = engine.evaluate(request)
+    # … inside the check's write unit (the audit writer's transaction):
+    recorded = risk.record(tx.conn, request, decision.effect, now, assessment=assessment)
+    # … and once that unit has committed (`await writer.run(unit)` returned it):
+    risk.committed(recorded)
+
+`assess(conn, request, now)` is the same read and computation returning only the map, and
+`record` without `assessment=` reads again inside the transaction (one statement more). The
+engine keeps the rows it read or wrote in a bounded cache (`store.RowCache`), so a subject
+seen recently costs no read at all; the compare-and-set in `record` keeps that exact in one
+process and self-correcting across several.
+
+The modules: `settings` (the `risk:` section), `facts` (what a request says: actor, agent,
+country, device, payee, amount), `activity` (sliding-window counters), `signals` (pure: facts
++ history + now → the `risk` map and its reasons), `store` (the one read and the one upsert),
+`tables` (the `risk_state` table).
+
+**How a payee's bank-details change is recorded.** Every check is recorded, whatever its
+decision. When the checked action is one of `patterns.payee_bank_change.change_actions`
+(default `procurement.change_supplier_terms`) and `params.changes` (`changes_param`) contains
+`bank_details` (`changed_item`), the payee named by the first of `change_payee_params`
+present (default `params.supplier_id`, then `params.payee_id`) gets its bank-change time set
+to now — at the request, not at its execution: an attempted change of a supplier's bank
+account is itself what makes the next payment to it suspicious. A later request for one of
+`payment_actions` (default: any action) whose `payee_params` (default `params.payee_id`)
+names that payee less than `days` (default 30) later carries the `payee_bank_change` pattern.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection
+
+from . import store
+from .facts import Facts, RequestLike, facts_of
+from .settings import DEFAULT_WEIGHTS, RiskSettings, RiskSettingsError, load_risk_settings
+from .signals import History, compute, neutral_risk
+
+__all__ = [
+    "DEFAULT_CACHE_ROWS",
+    "DEFAULT_WEIGHTS",
+    "Assessment",
+    "Facts",
+    "History",
+    "Recorded",
+    "RiskEngine",
+    "RiskSettings",
+    "RiskSettingsError",
+    "load_risk_settings",
+    "neutral_risk",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """The rows one `record` wrote (for `RiskEngine.committed`)."""
+
+    rows: Mapping[tuple[str, str, str], tuple[int, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """The `risk` map of one request, with the facts and history it was computed from."""
+
+    risk: dict[str, Any]
+    facts: Facts | None = None
+    history: History | None = None
+
+
+#: Rows of `risk_state` kept in memory by default (see `store.RowCache`): a few tens of MB.
+DEFAULT_CACHE_ROWS = 10_000
+
+
+class RiskEngine:
+    """Computes and records the risk signals for a policy's `risk:` settings.
+
+    `time_zones` maps people (and agents) to their own IANA time zone, e.g. from the
+    directory; the `risk.time_zones` setting overrides it. `cache_rows` bounds this engine's
+    in-memory copy of the rows it read or wrote (0: read the store on every check); use one
+    engine per database.
+    """
+
+    def __init__(
+        self,
+        settings: RiskSettings | Mapping[str, Any] | None = None,
+        *,
+        time_zones: Mapping[str, str] | None = None,
+        cache_rows: int = DEFAULT_CACHE_ROWS,
+    ) -> None:
+        self.settings = load_risk_settings(settings)
+        self.cache = store.RowCache(cache_rows)
+        zones = dict(time_zones or {})
+        for name, zone in zones.items():
+            try:
+                self.settings.zone_for(zone)
+            except Exception:
+                raise RiskSettingsError(f"unknown time zone {zone!r} for {name!r}") from None
+        zones.update(self.settings.time_zones)
+        self.time_zones: dict[str, str] = zones
+
+    @property
+    def enabled(self) -> bool:
+        return self.settings.enabled
+
+    def facts(self, request: RequestLike) -> Facts:
+        return facts_of(request, self.settings)
+
+    # -- the two halves of a check -------------------------------------------------------------
+    def assessment(self, conn: Connection, request: RequestLike, now: datetime) -> Assessment:
+        """Read the request's history (one statement) and compute its `risk` map."""
+        if not self.settings.enabled:
+            return Assessment(neutral_risk())
+        facts = facts_of(request, self.settings)
+        history = store.read(conn, facts, self.settings, self.cache)
+        return Assessment(
+            compute(facts, history, now, self.settings, self.time_zones), facts, history
+        )
+
+    def assess(self, conn: Connection, request: RequestLike, now: datetime) -> dict[str, Any]:
+        """The `risk` map for CEL: every signal, `score` and `reasons`."""
+        return self.assessment(conn, request, now).risk
+
+    def signals(self, request: RequestLike, history: History, now: datetime) -> dict[str, Any]:
+        """The `risk` map from a given history (pure: no store)."""
+        return compute(
+            facts_of(request, self.settings), history, now, self.settings, self.time_zones
+        )
+
+    def record(
+        self,
+        conn: Connection,
+        request: RequestLike,
+        effect: str,
+        now: datetime,
+        *,
+        assessment: Assessment | None = None,
+    ) -> Recorded:
+        """Count this check, decided `effect`, into the store (inside its write transaction).
+
+        With the `assessment` made for this request, its snapshot saves a read; rows changed
+        since are detected and read again. Pass the result to `committed` once the
+        transaction has committed (skipping that is safe: it only costs reads later).
+        """
+        if not self.settings.enabled:
+            return Recorded()
+        if assessment is not None and assessment.facts is not None:
+            facts = assessment.facts
+            history = assessment.history
+        else:
+            facts, history = facts_of(request, self.settings), None
+        written = store.record(conn, facts, str(effect), now, self.settings, history, self.cache)
+        return Recorded(written)
+
+    def committed(self, recorded: Recorded | None) -> None:
+        """The transaction `recorded` was written in has committed: remember its rows."""
+        if recorded is not None and recorded.rows:
+            self.cache.put_many(recorded.rows)
+
+    def prune(self, conn: Connection, now: datetime, *, batch: int = 2000) -> int:
+        """Delete expired rows (housekeeping, off the hot path, e.g. daily); how many.
+
+        On an idle connection it works in short transactions of `batch` rows.
+        """
+        self.cache.clear()
+        return store.prune(conn, now, batch=batch)

@@ -1,0 +1,682 @@
+"""The risk signals' incremental state in the store: at most one read and one upsert a check.
+
+`read` fetches every row a request's signals need — its actor's and its agent's counters for
+the action, whether its country / device / payee were seen, the payee's last bank change, the
+agent's recent denials — in ONE statement of primary-key point lookups, or none at all when
+`RowCache` (this process's copy of recently used rows) has them all. `record` writes
+what the check changed in ONE multi-row `INSERT … ON CONFLICT DO UPDATE … RETURNING`
+(`sqlalchemy.dialects.sqlite.insert` / `sqlalchemy.dialects.postgresql.insert`). Nothing
+ever scans the history: the rows are summaries (see `clearance.risk.tables`).
+
+Concurrency: each row carries a `version`. `record` writes version v+1 only where the row is
+still at the v it read (`… DO UPDATE … WHERE risk_state.version = excluded.version - 1`; a new
+row is written as version 1 and loses to a concurrent insert). A row that someone else
+updated in between is not returned by RETURNING; `record` reads those rows again, inside its
+transaction, and applies its change to the fresh state (a few rounds at most). So a
+`History` read before evaluation, outside the write transaction, is a safe starting point.
+
+Both functions take a SQLAlchemy sync `Connection` and talk to its DB-API cursor with
+statements compiled once per dialect (SQLAlchemy's per-statement machinery would cost more
+than the database work). `record` belongs inside the check's write transaction (the audit
+writer's unit); outside any transaction it opens and commits its own. `read` may run inside a
+transaction or, on SQLite, on an idle connection (an autocommit read: no snapshot is kept);
+on an idle PostgreSQL connection it runs in a short transaction of its own.
+
+What each row holds (`state`, little-endian binary — a few `frombytes` to read, where JSON
+cost more than the database work on the hot path):
+
+    actor_action / agent_action   `clearance.risk.activity.Activity` (windows, amounts)
+    seen_geo / seen_device / seen_payee   last-seen epoch seconds (one float64); rewritten
+                                  at most hourly
+    payee_bank                    epoch seconds (float64) of the last bank-details change
+    agent_denials                 epoch seconds (float64 each) of the agent's last
+                                  `denial_burst.count` denied or blocked requests
+
+`describe(kind, state)` turns a row's state into plain values, for people and tests.
+`expires_at` is not indexed (`prune` walks the primary key instead), so an update writes one
+B-tree; it is rounded up to the hour.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from sqlalchemy import (
+    Connection,
+    Dialect,
+    bindparam,
+    delete,
+    literal,
+    literal_column,
+    select,
+    tuple_,
+    union_all,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
+
+from clearance.store.errors import translate_errors
+
+from .activity import Activity
+from .facts import Facts, key_part
+from .settings import RiskSettings
+from .signals import History
+from .tables import risk_state
+
+__all__ = [
+    "KINDS",
+    "RiskStoreConflict",
+    "RowCache",
+    "StoreKeys",
+    "describe",
+    "keys_of",
+    "prune",
+    "read",
+    "record",
+]
+
+Key = tuple[str, str, str]
+#: A compiled statement and, for positional drivers, the order of its parameters.
+_SQL = tuple[str, tuple[str, ...] | None]
+
+ACTOR_ACTION: Final = "actor_action"
+AGENT_ACTION: Final = "agent_action"
+SEEN_GEO: Final = "seen_geo"
+SEEN_DEVICE: Final = "seen_device"
+SEEN_PAYEE: Final = "seen_payee"
+PAYEE_BANK: Final = "payee_bank"
+AGENT_DENIALS: Final = "agent_denials"
+KINDS: Final = (
+    ACTOR_ACTION,
+    AGENT_ACTION,
+    SEEN_GEO,
+    SEEN_DEVICE,
+    SEEN_PAYEE,
+    PAYEE_BANK,
+    AGENT_DENIALS,
+)
+
+#: A last-seen time younger than this is not rewritten (so a known country, device or payee
+#: costs no write on most checks); retention is measured in days, so an hour is noise.
+SEEN_REFRESH_S: Final = 3600.0
+#: Counter rows outlive their last request by at least this (their 24 h window).
+_DAY: Final = 86400.0
+_MAX_ROUNDS: Final = 8
+_REFUSED: Final = frozenset({"deny", "block"})
+_TIME: Final = struct.Struct("<d")
+
+
+class RiskStoreConflict(Exception):
+    """The same risk rows kept changing under `record` (many concurrent writers); nothing of
+    this unit should commit."""
+
+
+@dataclass(slots=True)
+class StoreKeys:
+    """The rows one request reads (and may write), by role; None where it has none."""
+
+    actor: Key | None = None
+    agent: Key | None = None
+    geo: Key | None = None
+    device: Key | None = None
+    payee: Key | None = None
+    bank: Key | None = None  # the paid payee's bank-change row (read only)
+    bank_change: Key | None = None  # the row this request's bank-details change writes
+    denials: Key | None = None
+
+    def all(self) -> list[Key]:
+        keys = {
+            k
+            for k in (
+                self.actor,
+                self.agent,
+                self.geo,
+                self.device,
+                self.payee,
+                self.bank,
+                self.bank_change,
+                self.denials,
+            )
+            if k is not None
+        }
+        return sorted(keys)  # one lock order for every writer (PostgreSQL row locks)
+
+
+def keys_of(facts: Facts) -> StoreKeys:
+    """The store rows of a request with these facts."""
+    actor = key_part(facts.actor) if facts.actor else None
+    agent = key_part(facts.agent) if facts.agent else None
+    action = key_part(facts.action)
+    return StoreKeys(
+        actor=(ACTOR_ACTION, actor, action) if actor else None,
+        agent=(AGENT_ACTION, agent, action) if agent else None,
+        geo=(SEEN_GEO, actor, key_part(facts.geo)) if actor and facts.geo else None,
+        device=(SEEN_DEVICE, actor, key_part(facts.device)) if actor and facts.device else None,
+        payee=(SEEN_PAYEE, actor, key_part(facts.payee)) if actor and facts.payee else None,
+        bank=(PAYEE_BANK, key_part(facts.payee), "") if facts.payee else None,
+        bank_change=(
+            (PAYEE_BANK, key_part(facts.bank_change_payee), "") if facts.bank_change_payee else None
+        ),
+        denials=(AGENT_DENIALS, agent, "") if agent else None,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# This process's copy of the rows
+
+
+class RowCache:
+    """The last known committed (version, value) of risk rows, as this process saw them.
+
+    A least-recently-used map of at most `size` rows (0: no cache). A hit saves the read.
+
+    - Reads outside a transaction fill it (committed data).
+    - `record` *holds* the rows it is about to write: until their transaction is reported
+      committed (`put_many` of what `record` returned), a held row is read from the store
+      and not cached, so a rollback never leaves a phantom count behind, and a caller that
+      never reports the commit only loses the saved reads.
+    - Of two versions of a row the higher is kept.
+
+    An entry can only be stale when another process or instance changed the row; then
+    `record`'s compare-and-set fails and reads it again. So in one process (embedded SQLite)
+    the cache is exact, and across instances a subject's counts lag by at most the requests
+    other instances handled since this one last recorded it. A row known to be absent is
+    cached as version 0. Thread-safe (reads on the event loop, records and commits on the
+    writer's thread).
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = max(0, size)
+        self.hits = 0  # rows found (for metrics)
+        self.misses = 0
+        self._rows: OrderedDict[Key, tuple[int, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def get_many(self, keys: list[Key]) -> dict[Key, tuple[int, Any]]:
+        """The cached rows among `keys` (held rows are not returned)."""
+        if not self.size:
+            return {}
+        found: dict[Key, tuple[int, Any]] = {}
+        rows = self._rows
+        with self._lock:
+            for key in keys:
+                row = rows.get(key)
+                if row is not None and row is not _HELD:
+                    rows.move_to_end(key)
+                    found[key] = row
+            self.hits += len(found)
+            self.misses += len(keys) - len(found)
+        return found
+
+    def put_many(self, rows: Mapping[Key, tuple[int, Any]], *, read: bool = False) -> None:
+        """Remember committed rows; `read`: they come from a read (a held row stays held)."""
+        if not self.size:
+            return
+        with self._lock:
+            cached = self._rows
+            for key, row in rows.items():
+                old = cached.get(key)
+                if old is _HELD:
+                    if read:
+                        continue
+                elif old is not None and old[0] > row[0]:
+                    continue
+                cached[key] = row
+                cached.move_to_end(key)
+            self._trim()
+
+    def hold(self, keys: list[Key]) -> None:
+        """These rows are being written: read them from the store until `put_many`."""
+        if not self.size:
+            return
+        with self._lock:
+            for key in keys:
+                self._rows[key] = _HELD
+                self._rows.move_to_end(key)
+            self._trim()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rows.clear()
+
+    def _trim(self) -> None:
+        cached = self._rows
+        while len(cached) > self.size:
+            cached.popitem(last=False)
+
+
+_HELD: Final = (-1, None)
+_NO_CACHE = RowCache(0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def read(
+    conn: Connection, facts: Facts, settings: RiskSettings, cache: RowCache = _NO_CACHE
+) -> History:
+    """The history of this request's subjects: the rows not in `cache`, in one statement."""
+    keys = keys_of(facts)
+    wanted = keys.all()
+    if not wanted:
+        return History(keys=keys)
+    known = cache.get_many(wanted)
+    if len(known) < len(wanted):
+        missing = [k for k in wanted if k not in known]
+        with translate_errors():
+            fresh = _select(conn, missing)
+        if not conn.in_transaction():  # committed rows only: a transaction may roll back
+            cache.put_many(fresh, read=True)
+        known.update(fresh)
+    return _history(keys, known)
+
+
+def _history(keys: StoreKeys, rows: dict[Key, tuple[int, Any]]) -> History:
+    def get(key: Key | None) -> Any:
+        row = rows.get(key) if key is not None else None
+        return row[1] if row is not None else None
+
+    denials = get(keys.denials)
+    return History(
+        keys=keys,
+        actor_activity=get(keys.actor),
+        agent_activity=get(keys.agent),
+        geo_seen_at=get(keys.geo),
+        device_seen_at=get(keys.device),
+        payee_seen_at=get(keys.payee),
+        payee_bank_changed_at=get(keys.bank),
+        agent_denials=tuple(denials) if denials else (),
+        rows=rows,
+    )
+
+
+def _select(conn: Connection, keys: list[Key]) -> dict[Key, tuple[int, Any]]:
+    """The rows at `keys`; an absent row is (0, None)."""
+    sql = _statements(conn.dialect).select(len(keys))
+    params: dict[str, Any] = {}
+    for i, (kind, subject, item) in enumerate(keys):
+        params[f"k{i}"] = kind
+        params[f"s{i}"] = subject
+        params[f"i{i}"] = item
+    found: dict[Key, tuple[int, Any]] = {key: (0, None) for key in keys}
+    for kind, subject, item, version, state in _run(conn, sql, params):
+        found[(kind, subject, item)] = (int(version), _decode(kind, bytes(state)))
+    return found
+
+
+def _decode(kind: str, state: bytes) -> Any:
+    if kind in (ACTOR_ACTION, AGENT_ACTION):
+        return Activity.decode(state)
+    if kind == AGENT_DENIALS:
+        return _times_decode(state)
+    return _TIME.unpack(state)[0]  # a time: seen_* and payee_bank
+
+
+def _time_bytes(ts: float) -> bytes:
+    return _TIME.pack(round(ts, 3))
+
+
+def _times_encode(times: list[float]) -> bytes:
+    return struct.pack(f"<{len(times)}d", *times)
+
+
+def _times_decode(state: bytes) -> list[float]:
+    return list(struct.unpack(f"<{len(state) // 8}d", state))
+
+
+# ---------------------------------------------------------------------------------------------
+# Recording
+
+
+def record(
+    conn: Connection,
+    facts: Facts,
+    effect: str,
+    now: datetime,
+    settings: RiskSettings,
+    history: History | None = None,
+    cache: RowCache = _NO_CACHE,
+) -> dict[Key, tuple[int, Any]]:
+    """Count this check (whose decision was `effect`) into its subjects' rows.
+
+    `history` is what `read` returned for this request (it saves a statement; a stale one is
+    detected and re-read). Returns the rows written, (version, value) by key: once the
+    transaction has committed, `cache.put_many` them (`cache` holds them until then).
+    Raises RiskStoreConflict when rows keep changing concurrently.
+    """
+    if not conn.in_transaction():
+        with conn.begin():
+            committed = record(conn, facts, effect, now, settings, history, cache)
+        cache.put_many(committed)
+        return committed
+    keys = history.keys if history is not None and history.keys is not None else keys_of(facts)
+    ts = now.timestamp()
+    updates = _updaters(keys, facts, str(effect) in _REFUSED, ts, settings)
+    written: dict[Key, tuple[int, Any]] = {}
+    if not updates:
+        return written
+    pending = sorted(updates)
+    with translate_errors():
+        known = dict(history.rows) if history is not None else {}
+        if any(key not in known for key in pending):
+            known.update(_select(conn, [k for k in pending if k not in known]))
+        for _ in range(_MAX_ROUNDS):
+            rows: list[tuple[Key, int, bytes, float]] = []
+            attempt: dict[Key, tuple[int, Any]] = {}
+            for key in pending:
+                version, old = known[key]
+                change = updates[key](old)
+                if change is not None:
+                    rows.append((key, version + 1, change[0], change[1]))
+                    attempt[key] = (version + 1, change[2])
+            if not rows:
+                return written
+            cache.hold(list(attempt))
+            done = _upsert(conn, rows, ts)
+            written.update((k, v) for k, v in attempt.items() if k in done)
+            pending = [k for k in attempt if k not in done]
+            if not pending:
+                return written
+            known.update(_select(conn, pending))  # changed by someone else since we read them
+    raise RiskStoreConflict(f"risk rows kept changing concurrently: {pending[:3]}")
+
+
+#: Old value → (new state, expires at, new value), or None when nothing changes.
+Updater = Callable[[Any], "tuple[bytes, float, Any] | None"]
+
+
+def _updaters(
+    keys: StoreKeys, facts: Facts, refused: bool, ts: float, settings: RiskSettings
+) -> dict[Key, Updater]:
+    """For each row this check changes, how it changes."""
+    out: dict[Key, Updater] = {}
+    retention = settings.retention_days * _DAY
+    if keys.actor is not None:
+        amount = None if refused else facts.amount
+        keep = settings.anomaly.history_size
+        expires = ts + max(retention, _DAY)
+
+        def actor(old: Activity | None) -> tuple[bytes, float, Any]:
+            activity = _copy(old)
+            activity.add(ts, amount, keep_amounts=keep)
+            return activity.encode(), expires, activity
+
+        out[keys.actor] = actor
+    if keys.agent is not None:
+
+        def agent(old: Activity | None) -> tuple[bytes, float, Any]:
+            activity = _copy(old)
+            activity.add(ts, None, keep_amounts=0)
+            return activity.encode(), ts + _DAY, activity
+
+        out[keys.agent] = agent
+
+    def seen(old: float | None) -> tuple[bytes, float, Any] | None:
+        if old is not None and 0.0 <= ts - old < SEEN_REFRESH_S:
+            return None
+        return _time_bytes(ts), ts + retention, round(ts, 3)
+
+    for key in (keys.geo, keys.device, keys.payee):
+        if key is not None:
+            out[key] = seen
+    if keys.bank_change is not None:
+        bank_expires = ts + settings.patterns.payee_bank_change.days * _DAY
+
+        def bank(old: float | None) -> tuple[bytes, float, Any] | None:
+            if old is not None and old >= ts:
+                return None
+            return _time_bytes(ts), bank_expires, round(ts, 3)
+
+        out[keys.bank_change] = bank
+    if keys.denials is not None and refused:
+        burst = settings.patterns.denial_burst
+        window = burst.minutes * 60.0
+
+        def denials(old: list[float] | None) -> tuple[bytes, float, Any]:
+            recent = [t for t in (old or ()) if ts - t < window]
+            recent.append(round(ts, 3))
+            recent = recent[-burst.count :]
+            return _times_encode(recent), ts + window, recent
+
+        out[keys.denials] = denials
+    return out
+
+
+def _copy(old: Activity | None) -> Activity:
+    return Activity() if old is None else old.copy()
+
+
+def _upsert(conn: Connection, rows: list[tuple[Key, int, bytes, float]], ts: float) -> set[Key]:
+    """Write `rows` where their version is still the one read; the keys written."""
+    statements = _statements(conn.dialect)
+    sql = statements.upsert(len(rows))
+    updated = statements.time_param(ts)
+    times: dict[float, object] = {}
+    values: list[Any] = []  # row by row, in the statement's column order
+    for (kind, subject, item), version, state, expires in rows:
+        # Whole hours: the value (and so its index entry) changes once an hour, not each time.
+        hour = math.ceil(expires / 3600.0) * 3600.0
+        when = times.get(hour)
+        if when is None:
+            when = times[hour] = statements.hour_param(hour)
+        values += (subject, kind, item, version, state, updated, when)
+    return {(k, s, i) for k, s, i in _run_flat(conn, sql, values)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Housekeeping
+
+
+def describe(kind: str, state: bytes) -> Any:
+    """A row's state as plain values (for people reading the table, and for tests)."""
+    value = _decode(kind, bytes(state))
+    if isinstance(value, Activity):
+        return {
+            "1m": dict(zip(value.sb, value.sc, strict=True)),
+            "1h": dict(zip(value.mb, value.mc, strict=True)),
+            "24h": {b: [c, a] for b, c, a in zip(value.qb, value.qc, value.qa, strict=True)},
+            "amounts": value.amounts.tolist(),
+        }
+    return value
+
+
+def prune(conn: Connection, now: datetime, *, batch: int = 2000) -> int:
+    """Delete the rows that no longer matter at `now`; how many. Off the hot path.
+
+    Walks the table in primary-key order, `batch` rows at a time (no index on `expires_at`:
+    keeping one up to date would cost every check a second B-tree write). On an idle
+    connection each batch is its own short transaction, so checks are never held up long;
+    inside a transaction, everything happens in it. The signals already ignore what expired:
+    pruning only reclaims space.
+    """
+    c = risk_state.c
+    key = tuple_(c.subject, c.kind, c.item)
+    delete_one = delete(risk_state).where(
+        c.subject == bindparam("s"),
+        c.kind == bindparam("k"),
+        c.item == bindparam("i"),
+        c.expires_at < bindparam("now", type_=c.expires_at.type),
+    )
+    total = 0
+    last: tuple[str, str, str] | None = None
+    with translate_errors():
+        while True:
+            page = select(c.subject, c.kind, c.item, c.expires_at).order_by(
+                c.subject, c.kind, c.item
+            )
+            if last is not None:
+                page = page.where(key > tuple_(*(literal(v) for v in last)))
+            own = not conn.in_transaction()
+            if own:
+                conn.begin()
+            try:
+                rows = conn.execute(page.limit(batch)).all()
+                expired = [
+                    {"s": r.subject, "k": r.kind, "i": r.item, "now": now}
+                    for r in rows
+                    if r.expires_at < now
+                ]
+                if expired:
+                    total += int(conn.execute(delete_one, expired).rowcount or 0)
+            except BaseException:
+                if own:
+                    conn.rollback()
+                raise
+            if own:
+                conn.commit()
+            if len(rows) < batch:
+                return total
+            last = (rows[-1].subject, rows[-1].kind, rows[-1].item)
+
+
+# ---------------------------------------------------------------------------------------------
+# SQL, compiled once per dialect
+
+
+def _run_flat(conn: Connection, sql: _SQL, values: list[Any]) -> list[Any]:
+    """Run `sql` with `values` given in the order of its placeholders (see `_compile_flat`)."""
+    text, names = sql
+    args: Any = values if names is None else dict(zip(names, values, strict=True))
+    if not conn.in_transaction() and conn.dialect.name != "sqlite":
+        with conn.begin():
+            return _execute(conn, text, args)
+    return _execute(conn, text, args)
+
+
+def _run(
+    conn: Connection, sql: tuple[str, tuple[str, ...] | None], params: dict[str, Any]
+) -> list[Any]:
+    text, order = sql
+    args: Any = [params[name] for name in order] if order is not None else params
+    if not conn.in_transaction() and conn.dialect.name != "sqlite":
+        with conn.begin():
+            return _execute(conn, text, args)
+    return _execute(conn, text, args)
+
+
+def _execute(conn: Connection, text: str, args: Any) -> list[Any]:
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(text, args)
+        return list(cursor.fetchall())
+    finally:
+        cursor.close()
+
+
+class _Statements:
+    """The risk statements for one dialect, by number of rows."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        self.is_sqlite = dialect.name == "sqlite"
+        self._selects: dict[int, _SQL] = {}
+        self._upserts: dict[int, _SQL] = {}
+        self._hours: dict[float, object] = {}
+
+    def hour_param(self, ts: float) -> object:
+        """`time_param` of a whole hour, remembered (expiry times repeat for an hour)."""
+        found = self._hours.get(ts)
+        if found is None:
+            if len(self._hours) > 64:
+                self._hours.clear()
+            found = self._hours[ts] = self.time_param(ts)
+        return found
+
+    def time_param(self, ts: float) -> object:
+        """A bind value for a `UTCDateTime` column (what its type would send)."""
+        when = datetime.fromtimestamp(ts, UTC)
+        if self.is_sqlite:  # SQLAlchemy's SQLite DATETIME text: "YYYY-MM-DD HH:MM:SS.ffffff"
+            return when.isoformat(sep=" ", timespec="microseconds")[:26]
+        return when
+
+    def select(self, n: int) -> _SQL:
+        found = self._selects.get(n)
+        if found is None:
+            # UNION ALL of point lookups: each one a primary-key search on both databases
+            # (SQLite plans an OR of them as a multi-index OR, which costs more).
+            c = risk_state.c
+            parts = [
+                select(c.kind, c.subject, c.item, c.version, c.state).where(
+                    c.kind == bindparam(f"k{i}"),
+                    c.subject == bindparam(f"s{i}"),
+                    c.item == bindparam(f"i{i}"),
+                )
+                for i in range(n)
+            ]
+            stmt = parts[0] if n == 1 else union_all(*parts)
+            found = self._selects[n] = self._compile(stmt)
+        return found
+
+    def upsert(self, n: int) -> _SQL:
+        found = self._upserts.get(n)
+        if found is None:
+            insert = sqlite.insert if self.is_sqlite else postgresql.insert
+            c = risk_state.c
+            stmt = insert(risk_state).values(
+                [
+                    {
+                        "kind": bindparam(f"k{i}"),
+                        "subject": bindparam(f"s{i}"),
+                        "item": bindparam(f"i{i}"),
+                        "version": bindparam(f"v{i}"),
+                        "state": bindparam(f"st{i}"),
+                        "updated_at": bindparam(f"u{i}"),
+                        "expires_at": bindparam(f"e{i}"),
+                    }
+                    for i in range(n)
+                ]
+            )
+            excluded = stmt.excluded
+            upsert = stmt.on_conflict_do_update(
+                index_elements=[c.subject, c.kind, c.item],
+                set_={
+                    "version": excluded.version,
+                    "state": excluded.state,
+                    "updated_at": excluded.updated_at,
+                    "expires_at": excluded.expires_at,
+                },
+                where=c.version == excluded.version - literal_column("1"),
+            ).returning(c.kind, c.subject, c.item)
+            names = [f"{p}{i}" for i in range(n) for p in ("s", "k", "i", "v", "st", "u", "e")]
+            found = self._upserts[n] = self._compile_flat(upsert, names)
+        return found
+
+    def _compile_flat(self, stmt: ClauseElement, names: list[str]) -> _SQL:
+        """For `_run_flat`: values come in the order of `names` (row by row, in the table's
+        column order), which must be the placeholders' order for a positional driver."""
+        text, order = self._compile(stmt)
+        if order is None:
+            return text, tuple(names)
+        if list(order) != names:  # pragma: no cover - SQLAlchemy renders columns in order
+            raise RuntimeError(f"unexpected placeholder order in {text!r}")
+        return text, None
+
+    def _compile(self, stmt: ClauseElement) -> _SQL:
+        compiled = stmt.compile(dialect=self.dialect)
+        if not isinstance(compiled, SQLCompiler):  # pragma: no cover - always for DML/SELECT
+            raise TypeError(f"unexpected compiler {type(compiled).__name__}")
+        order = tuple(compiled.positiontup or ()) if compiled.positional else None
+        return compiled.string, order
+
+
+_BY_DIALECT: dict[tuple[str, str, str], _Statements] = {}
+
+
+def _statements(dialect: Dialect) -> _Statements:
+    key = (dialect.name, dialect.driver, dialect.paramstyle)
+    found = _BY_DIALECT.get(key)
+    if found is None:
+        found = _BY_DIALECT[key] = _Statements(dialect)
+    return found

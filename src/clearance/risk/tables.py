@@ -1,0 +1,44 @@
+"""The risk signals' table, on the store's one `metadata` (migration 0003_risk creates it).
+
+Importing this module registers the table; `clearance.store.schema` imports it at its end so
+that `metadata` is complete for migrations and the schema test.
+
+`risk_state` holds small per-subject summaries, one row each, never one row per check:
+
+    subject   kind            item      state (compact binary, see clearance.risk.store)
+    actor     actor_action    action    sliding-window counters, 24 h amounts, recent amounts
+    agent     agent_action    action    sliding-window counters
+    actor     seen_geo        country   last seen (epoch seconds)
+    actor     seen_device     device    last seen
+    actor     seen_payee      payee     last seen
+    payee     payee_bank      ""        when its bank details were last changed
+    agent     agent_denials   ""        times of its most recent denied requests
+
+The primary key starts with the subject, so one person's rows share a page or two (SQLite
+stores this table in its primary key's B-tree: `WITHOUT ROWID`) and a check touches few pages.
+
+`version` counts updates of the row (compare-and-set between concurrent checks);
+`expires_at` is when the row stops mattering, for `clearance.risk.store.prune` (which walks
+the primary key: an index on it would cost every check a second B-tree write).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, LargeBinary, String, Table
+
+from clearance.store.schema import UTCDateTime, metadata
+
+__all__ = ["risk_state"]
+
+risk_state = Table(
+    "risk_state",
+    metadata,
+    Column("subject", String(255), primary_key=True),
+    Column("kind", String(16), primary_key=True),
+    Column("item", String(255), primary_key=True),
+    Column("version", BigInteger(), nullable=False),
+    Column("state", LargeBinary(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    sqlite_with_rowid=False,  # the primary key is the table: one B-tree per write, not two
+)
