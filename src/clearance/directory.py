@@ -20,6 +20,7 @@ class Person:
     roles: tuple[str, ...] = ()
     channels: tuple[tuple[str, str], ...] = ()
     manager: str | None = None
+    timezone: str | None = None
 
     def channel_id(self, channel: str) -> str | None:
         for name, ident in self.channels:

@@ -69,6 +69,7 @@ class Gateway:
         new_id: Callable[[], str] = new_approval_id,
     ) -> None:
         self.engine = Engine(policy)
+        self.risk = risk_engine(policy)
         self.db = db
         self.writer = writer
         self.clock = clock
@@ -124,8 +125,14 @@ class Gateway:
             existing = await self._by_idempotency_key(idempotency_key, bind)
             if existing is not None:
                 return existing
-        decision = self.engine.evaluate(request)
         now = self.clock()
+        risk = self.risk
+        assessment: Any = None
+        if risk is not None:
+            # Risk signals, from the store's own history: one indexed read, before evaluation.
+            assessment = await read(self.db, lambda c: risk.assessment(c, request, now))
+            request = dataclasses.replace(request, risk=assessment.risk)
+        decision = self.engine.evaluate(request)
         shown = redact(request.params, decision.redact) if decision.redact else request.params
         phash = params_hash(shown)
         entry = AuditDraft(
@@ -140,6 +147,15 @@ class Gateway:
             policy_version=decision.policy_version,
             data=_check_data(decision, request, shown, agent, idempotency_key),
         )
+        recorded: list[Any] = []
+
+        def record_risk(tx: WriteTx) -> None:
+            """Keep the risk state in step, in the check's own transaction."""
+            if risk is not None:
+                recorded.append(
+                    risk.record(tx.conn, request, decision.effect.value, now, assessment=assessment)
+                )
+
         if decision.effect is Effect.BLOCK and decision.alert and self.on_alert:
             alert = {
                 "action": request.action,
@@ -153,11 +169,20 @@ class Gateway:
                 tx.audit(entry)
                 for hook in self.on_alert:
                     hook(tx, decision.alert, alert, now)
+                record_risk(tx)
 
             await self.writer.run(block)
             result = CheckResult(decision)
         elif decision.effect is not Effect.APPROVE or decision.approval is None:
-            await self.writer.append(entry)
+            if risk is None:
+                await self.writer.append(entry)  # the hot path: one entry, group-committed
+            else:
+
+                def plain(tx: WriteTx) -> None:
+                    tx.audit(entry)
+                    record_risk(tx)
+
+                await self.writer.run(plain)
             result = CheckResult(decision)
         else:
             approval = workflow.open_approval(
@@ -176,7 +201,7 @@ class Gateway:
                 labels=tuple(request.labels),
                 decision=decision.to_json(),
                 rules=decision.rules,
-                reasons=decision.reasons,
+                reasons=decision.reasons + _risk_reasons(request),
                 policy_version=decision.policy_version,
                 params_hash=phash,
                 idempotency_key=idempotency_key,
@@ -206,6 +231,7 @@ class Gateway:
                 )
                 for hook in self.approvals.in_transaction:
                     hook(tx, stored, ("approval.created",), now)
+                record_risk(tx)
 
             try:
                 await self.writer.run(create)
@@ -217,6 +243,8 @@ class Gateway:
                         return again
                 raise
             result = CheckResult(decision, stored)
+        if risk is not None and recorded:
+            risk.committed(recorded[0])
         for listener in self.on_check:
             listener(result)
         return result
@@ -254,6 +282,7 @@ class Gateway:
             )
             return False, message
         self.engine = Engine(policy)
+        self.risk = risk_engine(policy)
         await self.writer.append(
             AuditDraft(
                 kind=Kind.POLICY_RELOAD,
@@ -264,6 +293,17 @@ class Gateway:
             )
         )
         return True, policy.version
+
+
+def risk_engine(policy: Policy) -> Any:
+    """The risk signals engine when the policy has a `risk:` section, else None (the risk
+    package, and its per-check read and write, are not loaded at all)."""
+    if "risk" not in policy.settings:
+        return None
+    from .risk import RiskEngine
+
+    zones = {p.id: p.timezone for p in policy.directory.people.values() if p.timezone}
+    return RiskEngine(policy.settings["risk"], time_zones=zones)
 
 
 def database_url_from(policy: Policy) -> str:
@@ -292,9 +332,19 @@ def _check_data(
         data["labels"] = list(request.labels)
     if decision.alert:
         data["alert"] = list(decision.alert)
+    if request.risk is not None:
+        data["risk"] = {k: request.risk.get(k) for k in ("score", "reasons", "patterns")}
     if idempotency_key:
         data["idempotency_key"] = idempotency_key
     return data
+
+
+def _risk_reasons(request: Request) -> tuple[str, ...]:
+    """What the risk signals say, for the people who decide (nothing when all is quiet)."""
+    risk = request.risk or {}
+    if not risk.get("score"):
+        return ()
+    return (f"Risk score {risk['score']}/100: " + "; ".join(map(str, risk.get("reasons", []))),)
 
 
 def _with_approval(draft: AuditDraft, approval_id: str) -> AuditDraft:

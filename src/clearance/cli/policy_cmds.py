@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..directory import Directory
 from ..policy import Engine, PolicyError, Request, load_policy
-from ..policy.model import Decision
+from ..policy.model import Decision, with_default_risk
 from ..policy.testing import load_suite, run_suite
 from .output import EFFECT_STYLE, console, duration, fail, print_json, report_policy_error
 
@@ -122,7 +122,7 @@ def register(app: typer.Typer) -> None:
             actor=who,
             context=parse_json_object("--context", context),
             labels=tuple(x.strip() for x in (labels or "").split(",") if x.strip()),
-            risk=parse_json_object("--risk", risk) if risk is not None else None,
+            risk=with_default_risk(parse_json_object("--risk", risk)) if risk is not None else None,
         )
         decision = Engine(loaded).evaluate(request)
         if as_json:

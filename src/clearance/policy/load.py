@@ -253,7 +253,7 @@ def _rule_id_at(doc: Document, loc: tuple[Any, ...]) -> str | None:
 
 
 _KEYS: dict[str, list[str]] = {
-    "": ["version", "directory", "policies", "server", "channels"],
+    "": ["version", "directory", "policies", "server", "channels", "risk"],
     "directory": ["people", "groups"],
     "person": ["id", "name", "email", "groups", "roles", "channels", "manager", "timezone"],
     "policies": ["default", "rules"],
@@ -339,6 +339,11 @@ class _Linker:
                 settings.setdefault("server", {}).update(file.top.server)
             if file.top.channels is not None:
                 settings.setdefault("channels", {}).update(file.top.channels)
+            if file.top.risk is not None:
+                self._check_risk(file)
+                settings.setdefault("risk", {}).update(file.top.risk)
+        if self.problems:
+            raise PolicyError(self.problems)
         return Policy(
             rules=tuple(rules),
             conditions=conditions,
@@ -365,6 +370,15 @@ class _Linker:
             body = file.top.model_dump(mode="json", exclude={"server", "channels"})
             digest.update(canonical_json(body).encode())
         return "sha256:" + digest.hexdigest()
+
+    def _check_risk(self, file: _File) -> None:
+        """The `risk:` section, checked by the risk package (loaded only when there is one)."""
+        from ..risk import RiskSettingsError, load_risk_settings
+
+        try:
+            load_risk_settings(file.top.risk)
+        except RiskSettingsError as exc:
+            self._add("risk", str(exc), file.doc.where_key(("risk",)))
 
     def _default(self) -> Effect:
         chosen: tuple[Effect, Location] | None = None
@@ -416,6 +430,7 @@ class _Linker:
                         roles=tuple(raw.roles),
                         channels=tuple((k, str(v)) for k, v in raw.channels.items()),
                         manager=raw.manager,
+                        timezone=raw.timezone,
                     )
                 )
         directory = Directory(people, declared)

@@ -222,4 +222,27 @@ class Request:
         return self.actor.get("user") or None
 
 
-DEFAULT_RISK: dict[str, Any] = {"score": 0, "reasons": []}
+# The `risk` variable when nothing is known: every signal at rest (see clearance.risk). A rule
+# may read any of these keys without failing, whether or not risk signals are configured.
+DEFAULT_RISK: dict[str, Any] = {
+    "off_hours": False,
+    "velocity_1m": 0,
+    "velocity_1h": 0,
+    "velocity_24h": 0,
+    "agent_velocity_1m": 0,
+    "agent_velocity_1h": 0,
+    "agent_velocity_24h": 0,
+    "amount_24h": 0.0,
+    "amount_anomaly": 0.0,
+    "new_geo": False,
+    "new_device": False,
+    "new_payee": False,
+    "patterns": [],
+    "score": 0,
+    "reasons": [],
+}
+
+
+def with_default_risk(risk: dict[str, Any] | None) -> dict[str, Any]:
+    """`risk` with every missing signal at rest (for tests and `clearance check --risk`)."""
+    return {**DEFAULT_RISK, **(risk or {})}

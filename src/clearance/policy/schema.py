@@ -149,3 +149,4 @@ class PolicyFileIn(_Strict):
     policies: PoliciesIn = PoliciesIn()
     server: dict[str, Any] | None = None
     channels: dict[str, Any] | None = None
+    risk: dict[str, Any] | None = None  # checked by clearance.risk.settings

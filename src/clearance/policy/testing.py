@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .engine import Engine
 from .load import Policy, PolicyError, Problem
-from .model import Effect, Location, Request
+from .model import Effect, Location, Request, with_default_risk
 from .yamlpos import YamlSyntaxError, parse
 
 
@@ -124,7 +124,7 @@ def run_case(engine: Engine, case: Case) -> CaseResult:
             actor=dict(spec.actor),
             context=dict(spec.context),
             labels=tuple(spec.labels),
-            risk=dict(spec.risk) if spec.risk is not None else None,
+            risk=with_default_risk(dict(spec.risk)) if spec.risk is not None else None,
         ),
         decision_id="dec_test",
     )

@@ -40,6 +40,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from ..policy.model import DEFAULT_RISK
 from .activity import Activity, WindowTotals
 from .facts import Facts
 from .settings import RiskSettings, VelocityLimits
@@ -74,24 +75,9 @@ EMPTY_HISTORY = History()
 
 
 def neutral_risk() -> dict[str, Any]:
-    """The `risk` map of a request with nothing to say: every signal at rest, score 0."""
-    return {
-        "off_hours": False,
-        "velocity_1m": 0,
-        "velocity_1h": 0,
-        "velocity_24h": 0,
-        "agent_velocity_1m": 0,
-        "agent_velocity_1h": 0,
-        "agent_velocity_24h": 0,
-        "amount_24h": 0.0,
-        "amount_anomaly": 0.0,
-        "new_geo": False,
-        "new_device": False,
-        "new_payee": False,
-        "patterns": [],
-        "score": 0,
-        "reasons": [],
-    }
+    """The `risk` map of a request with nothing to say: every signal at rest, score 0 (the
+    policy language's `DEFAULT_RISK`, so a rule reads the same keys with or without signals)."""
+    return {k: list(v) if isinstance(v, list) else v for k, v in DEFAULT_RISK.items()}
 
 
 def local_time_zone(facts: Facts, settings: RiskSettings, time_zones: Mapping[str, str]) -> str:
