@@ -192,7 +192,7 @@ class ApprovalService:
         def refused_entry(
             stored: StoredApproval, exc: workflow.Rejected, now: datetime
         ) -> AuditDraft:
-            return self._draft(
+            return self.draft(
                 Kind.VOTE + ".rejected",
                 stored,
                 now,
@@ -313,7 +313,7 @@ class ApprovalService:
         for event in transition.events:
             kind, data = _audit_kind(event, transition.approval)
             tx.audit(
-                self._draft(
+                self.draft(
                     kind,
                     after,
                     now,
@@ -333,7 +333,7 @@ class ApprovalService:
             listener(stored, events)
 
     @staticmethod
-    def _draft(
+    def draft(
         kind: str,
         stored: StoredApproval,
         now: datetime,

@@ -25,7 +25,7 @@ from typing import Any
 import structlog
 
 from ..approvals.records import StoredApproval
-from ..approvals.service import ApprovalNotFound
+from ..approvals.service import ApprovalNotFound, ApprovalService
 from ..audit.entry import AuditDraft
 from ..audit.writer import WriteTx
 from ..gateway import Gateway
@@ -377,21 +377,7 @@ class Dispatcher:
         channel: str | None,
         data: dict[str, Any],
     ) -> AuditDraft:
-        a = stored.approval
-        return AuditDraft(
-            kind=kind,
-            ts=now,
-            actor=a.requester or stored.agent,
-            approver=person,
-            channel=channel,
-            action=a.action,
-            params_hash=stored.params_hash,
-            effect=a.state.value,
-            rule_ids=stored.rules,
-            policy_version=stored.policy_version,
-            approval_id=a.id,
-            data=data,
-        )
+        return ApprovalService.draft(kind, stored, now, approver=person, channel=channel, data=data)
 
 
 def _other_jobs(conn: Any, approval_id: str, job_id: int) -> bool:
