@@ -111,3 +111,14 @@ async def database(request: pytest.FixtureRequest) -> AsyncIterator[Database]:
         yield db
     finally:
         await db.aclose()
+
+
+@pytest.fixture
+async def sqlite_database(sqlite_url: str) -> AsyncIterator[Database]:
+    """A migrated SQLite `Database`, for tests of SQLite-only behaviour."""
+    db = open_database(sqlite_url)
+    db.migrate()
+    try:
+        yield db
+    finally:
+        await db.aclose()

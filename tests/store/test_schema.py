@@ -160,10 +160,9 @@ def test_counters_default_to_zero_and_ids_autoincrement(database: Database) -> N
     assert ids[1] > ids[0]
 
 
-def test_audit_tables_are_clustered_on_sqlite(database: Database) -> None:
+def test_audit_tables_are_clustered_on_sqlite(sqlite_database: Database) -> None:
     """On SQLite the audit entries and heads are WITHOUT ROWID tables (one B-tree each)."""
-    if not database.is_sqlite:
-        pytest.skip("a SQLite storage detail")
+    database = sqlite_database
     with database.connect() as conn:
         ddl = conn.execute(
             sa.text("SELECT sql FROM sqlite_master WHERE name = :n"), {"n": audit_entries.name}
