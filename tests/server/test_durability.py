@@ -103,3 +103,50 @@ async def test_sighup_reloads_and_a_bad_file_keeps_the_old_policy(tmp_path: Path
         assert "policy_reload_rejected" in (tmp_path / "server.log").read_text()
     finally:
         server.stop()
+
+
+async def test_scheduler_expires_requests_nobody_reads(tmp_path: Path) -> None:
+    """The server's scheduler expires a pending request at its deadline, unread, and audits it."""
+    import sqlite3
+
+    config = tmp_path / "clearance.yaml"
+    config.write_text(
+        "directory: {people: [{id: alice, groups: [managers]}]}\n"
+        "policies:\n  rules:\n    - {id: r, actions: [x], effect: approve,\n"
+        "       approval: {approvers: [group:managers], timeout: 1s}}\n"
+    )
+    db = tmp_path / "c.db"
+    setup = Gateway.open(config, database_url=f"sqlite:///{db}")
+    token = make_keys_for_agent(setup)
+    await setup.aclose()
+    server = ServerProcess(config, f"sqlite:///{db}", tmp_path / "server.log")
+    server.start()
+    try:
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            created = await http.post(
+                "/v1/checks", json={"action": "x"}, headers={"authorization": f"Bearer {token}"}
+            )
+            approval_id = created.json()["approval_id"]
+        state = "pending"
+        for _ in range(100):  # read the row directly: a GET would expire it by itself
+            with sqlite3.connect(db) as conn:
+                row = conn.execute("SELECT state FROM approvals WHERE id = ?", (approval_id,))
+                state = row.fetchone()[0]
+            if state != "pending":
+                break
+            await asyncio.sleep(0.1)
+        assert state == "expired"
+        with sqlite3.connect(db) as conn:
+            kinds = [k for (k,) in conn.execute("SELECT kind FROM audit_entries ORDER BY seq")]
+        assert "approval.expired" in kinds
+    finally:
+        server.stop()
+
+
+def make_keys_for_agent(gateway: Gateway) -> str:
+    from clearance.identity import keys
+
+    now = gateway.clock()
+    return gateway.writer.run_sync(
+        lambda tx: keys.create_key(tx.conn, kind="agent", subject="bot", now=now).token
+    )
