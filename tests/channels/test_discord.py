@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from clearance.server.app import create_app
 from clearance.testing import FrozenClock
 from clearance.testing.fakes import FakeServer, serve_in_thread
 from clearance.testing.fakes.discord import FakeDiscord
+from clearance.testing.outbox import run_outbox
 
 ALICE, BOB, CAROL, DANA, STRANGER = (f"90000000000000000{n}" for n in range(1, 6))
 
@@ -104,10 +105,7 @@ def hooks(gw_hub: tuple[Gateway, ChannelHub]) -> Hooks:
 
 async def drain(hub: ChannelHub, clock: FrozenClock, rounds: int = 3) -> None:
     """Run the dispatcher until nothing is due, letting short retry back-offs pass."""
-    for _ in range(rounds):
-        while await hub.dispatcher.run_once():
-            pass
-        clock.advance(seconds=10)
+    await run_outbox(hub, clock, rounds=rounds, step=timedelta(seconds=10))
 
 
 async def ask(gateway: Gateway, requester: str = "carol") -> str:

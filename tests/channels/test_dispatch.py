@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -15,6 +16,7 @@ from clearance.gateway import Gateway
 from clearance.policy import Request
 from clearance.server.app import create_app
 from clearance.testing import FrozenClock, MemoryChannel, sign_memory_callback
+from clearance.testing.outbox import run_outbox
 
 POLICY = """
 directory:
@@ -65,10 +67,7 @@ def hub(gw: Gateway) -> ChannelHub:
 
 async def drain(hub: ChannelHub, clock: FrozenClock, rounds: int = 10) -> None:
     """Run the dispatcher until nothing is due, letting retry back-offs pass."""
-    for _ in range(rounds):
-        while await hub.dispatcher.run_once():
-            pass
-        clock.advance(minutes=5)
+    await run_outbox(hub, clock, rounds=rounds, step=timedelta(minutes=5))
 
 
 def kinds(gw: Gateway) -> list[str]:

@@ -13,6 +13,7 @@ import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from clearance.gateway import Gateway
 from clearance.policy import Request
 from clearance.server.app import create_app
 from clearance.testing import FrozenClock
+from clearance.testing.outbox import run_outbox
 
 PUBLIC = "http://clearance.test"
 
@@ -186,10 +188,7 @@ async def web(env: tuple[Gateway, ChannelHub]) -> AsyncIterator[httpx.AsyncClien
 
 
 async def drain(hub: ChannelHub, clock: FrozenClock, rounds: int = 3) -> None:
-    for _ in range(rounds):
-        while await hub.dispatcher.run_once():
-            pass
-        clock.advance(seconds=30)
+    await run_outbox(hub, clock, rounds=rounds, step=timedelta(seconds=30))
 
 
 async def ask(gw: Gateway, hub: ChannelHub, clock: FrozenClock, action: str = "pay") -> str:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from clearance.server.app import create_app
 from clearance.testing import FrozenClock
 from clearance.testing.fakes import FakeServer, serve_in_thread
 from clearance.testing.fakes.slack import FakeSlack
+from clearance.testing.outbox import run_outbox
 
 POLICY = """
 directory:
@@ -116,10 +118,7 @@ def hooks(gw_hub: tuple[Gateway, ChannelHub]) -> Hooks:
 
 async def drain(hub: ChannelHub, clock: FrozenClock, rounds: int = 3) -> None:
     """Run the dispatcher until nothing is due, letting short retry back-offs pass."""
-    for _ in range(rounds):
-        while await hub.dispatcher.run_once():
-            pass
-        clock.advance(seconds=10)
+    await run_outbox(hub, clock, rounds=rounds, step=timedelta(seconds=10))
 
 
 async def ask(gateway: Gateway, requester: str = "carol") -> str:

@@ -8,6 +8,7 @@ import json
 import weakref
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from clearance.server.app import create_app
 from clearance.testing import FrozenClock
 from clearance.testing.fakes import serve_in_thread
 from clearance.testing.fakes.teams import FakeTeams
+from clearance.testing.outbox import run_outbox
 
 POLICY = """
 directory:
@@ -92,10 +94,7 @@ async def hub(gw: Gateway) -> AsyncIterator[ChannelHub]:
 
 async def drain(hub: ChannelHub, clock: FrozenClock, rounds: int = 3) -> None:
     """Run the dispatcher until nothing is due, letting retry back-offs pass."""
-    for _ in range(rounds):
-        while await hub.dispatcher.run_once():
-            pass
-        clock.advance(minutes=5)
+    await run_outbox(hub, clock, rounds=rounds, step=timedelta(minutes=5))
 
 
 _APPS: weakref.WeakKeyDictionary[ChannelHub, Any] = weakref.WeakKeyDictionary()

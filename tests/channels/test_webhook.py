@@ -22,6 +22,7 @@ from clearance.server.app import create_app
 from clearance.testing import FrozenClock
 from clearance.testing.fakes import FakeServer, serve_in_thread
 from clearance.testing.fakes.webhook import WebhookReceiver, WebhookSender, generate_secret
+from clearance.testing.outbox import run_outbox
 
 SECRET = generate_secret()
 OLD_SECRET = generate_secret()
@@ -83,10 +84,7 @@ async def env(
 
 async def drain(hub: ChannelHub, clock: FrozenClock, rounds: int = 3) -> None:
     """Run the dispatcher until nothing is due, letting retry back-offs pass."""
-    for _ in range(rounds):
-        while await hub.dispatcher.run_once():
-            pass
-        clock.advance(seconds=30)
+    await run_outbox(hub, clock, rounds=rounds, step=timedelta(seconds=30))
 
 
 async def post(hub: ChannelHub, body: bytes, headers: dict[str, str]) -> httpx.Response:

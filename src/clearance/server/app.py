@@ -103,7 +103,7 @@ def create_app(
                 tasks.append(asyncio.create_task(hub.dispatcher.run()))
                 tasks.extend(asyncio.create_task(job) for job in hub.background())
         loop = asyncio.get_running_loop()
-        with contextlib.suppress(RuntimeError, ValueError):  # NotImplementedError is one
+        with contextlib.suppress(RuntimeError, ValueError):  # also platforms without signals
             loop.add_signal_handler(
                 signal.SIGHUP, lambda: asyncio.ensure_future(_reload(gateway, "SIGHUP"))
             )
@@ -115,7 +115,7 @@ def create_app(
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-            with contextlib.suppress(RuntimeError, ValueError):  # NotImplementedError is one
+            with contextlib.suppress(RuntimeError, ValueError):  # also platforms without signals
                 loop.remove_signal_handler(signal.SIGHUP)
             if hub is not None:
                 await hub.aclose()
