@@ -492,35 +492,6 @@ def pending_row(engine: Any, rng: random.Random, now: datetime) -> PendingRow:
     return PendingRow(stored, (check, created))
 
 
-def approval_values(stored: Any) -> dict[str, Any]:
-    """The column values `records.insert_approval` writes for `stored` (for executemany;
-    the smoke test proves both read back alike)."""
-    a = stored.approval
-    return {
-        "id": a.id,
-        "state": a.state.value,
-        "action": a.action,
-        "params_json": a.params,
-        "params_hash": stored.params_hash,
-        "binding_hash": a.binding_hash,
-        "actor_json": a.actor,
-        "context_json": stored.context,
-        "labels_json": list(stored.labels),
-        "requester": a.requester,
-        "agent": stored.agent,
-        "plan_json": a.plan.to_json(),
-        "stage_index": a.stage_index,
-        "decision_json": stored.decision,
-        "rules_json": list(stored.rules),
-        "reasons_json": list(stored.reasons),
-        "policy_version": stored.policy_version,
-        "idempotency_key": stored.idempotency_key,
-        "created_at": a.created_at,
-        "expires_at": a.expires_at,
-        "version": a.version,
-    }
-
-
 def insert_pending(gateway: Any, n: int, batch: int = INSERT_BATCH) -> None:
     """Insert `n` pending approvals (`pending_row`), `batch` to a `writer.run_sync`
     transaction: the rows with one executemany, their audit entries through `tx.audit`.
@@ -529,6 +500,7 @@ def insert_pending(gateway: Any, n: int, batch: int = INSERT_BATCH) -> None:
     costs about 1.5 ms here: 100,000 rows would take minutes. See the report.)"""
     from sqlalchemy import insert
 
+    from clearance.approvals.records import approval_values
     from clearance.store.schema import approvals
 
     rng = random.Random(SEED)

@@ -21,7 +21,6 @@ from bench.bench_gateway import (
     ENTERPRISE,
     BenchKeys,
     Server,
-    approval_values,
     audit_counts,
     database_url,
     exercise,
@@ -74,7 +73,7 @@ def test_bulk_rows_read_back_like_insert_approval(tmp_path: Path) -> None:
         def work(tx: object) -> None:
             conn = tx.conn  # type: ignore[attr-defined]
             records.insert_approval(conn, twin)
-            conn.execute(insert(approvals), [approval_values(row.stored)])
+            conn.execute(insert(approvals), [records.approval_values(row.stored)])
 
         gateway.writer.run_sync(work)
         with gateway.db.connect() as conn:

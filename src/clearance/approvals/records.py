@@ -76,34 +76,36 @@ _BY_ID = select(approvals).where(approvals.c.id == bindparam("id"))
 _VOTES_OF = select(votes).where(votes.c.approval_id == bindparam("id")).order_by(votes.c.id)
 
 
-def insert_approval(conn: Connection, stored: StoredApproval) -> None:
+def approval_values(stored: StoredApproval) -> dict[str, Any]:
+    """The column values of one approval row (for `insert_approval`, or an executemany)."""
     a = stored.approval
-    conn.execute(
-        _INSERT,
-        {
-            "id": a.id,
-            "state": a.state.value,
-            "action": a.action,
-            "params_json": a.params,
-            "params_hash": stored.params_hash,
-            "binding_hash": a.binding_hash,
-            "actor_json": a.actor,
-            "context_json": stored.context,
-            "labels_json": list(stored.labels),
-            "requester": a.requester,
-            "agent": stored.agent,
-            "plan_json": a.plan.to_json(),
-            "stage_index": a.stage_index,
-            "decision_json": stored.decision,
-            "rules_json": list(stored.rules),
-            "reasons_json": list(stored.reasons),
-            "policy_version": stored.policy_version,
-            "idempotency_key": stored.idempotency_key,
-            "created_at": a.created_at,
-            "expires_at": a.expires_at,
-            "version": a.version,
-        },
-    )
+    return {
+        "id": a.id,
+        "state": a.state.value,
+        "action": a.action,
+        "params_json": a.params,
+        "params_hash": stored.params_hash,
+        "binding_hash": a.binding_hash,
+        "actor_json": a.actor,
+        "context_json": stored.context,
+        "labels_json": list(stored.labels),
+        "requester": a.requester,
+        "agent": stored.agent,
+        "plan_json": a.plan.to_json(),
+        "stage_index": a.stage_index,
+        "decision_json": stored.decision,
+        "rules_json": list(stored.rules),
+        "reasons_json": list(stored.reasons),
+        "policy_version": stored.policy_version,
+        "idempotency_key": stored.idempotency_key,
+        "created_at": a.created_at,
+        "expires_at": a.expires_at,
+        "version": a.version,
+    }
+
+
+def insert_approval(conn: Connection, stored: StoredApproval) -> None:
+    conn.execute(_INSERT, approval_values(stored))
 
 
 def save_transition(conn: Connection, before: Approval, after: Approval) -> None:

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from sqlalchemy import Select, select
 
-from clearance.audit._sql import AuditSQL
+from clearance.audit._sql import ENTRY_COLUMNS, AuditSQL
 from clearance.audit.chain import (
     Anchor,
     Head,
@@ -40,24 +40,7 @@ __all__ = [
     "verify_store",
 ]
 
-CSV_COLUMNS = (
-    "chain_id",
-    "seq",
-    "ts",
-    "kind",
-    "actor",
-    "approver",
-    "channel",
-    "action",
-    "params_hash",
-    "effect",
-    "rule_ids",
-    "policy_version",
-    "approval_id",
-    "data",
-    "prev_hash",
-    "hash",
-)
+CSV_COLUMNS = ENTRY_COLUMNS  # one column per stored field, in table order
 
 
 def _select(since: datetime | None, until: datetime | None, chain_id: str | None) -> Select[Any]:

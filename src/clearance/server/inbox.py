@@ -21,7 +21,7 @@ from __future__ import annotations
 import hmac
 import json
 import secrets
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -542,10 +542,6 @@ def _involved(a: Approval, person: str) -> bool:
     return any(person in r.approvers for s in a.plan.stages for r in s.requirements)
 
 
-async def _read(db: Database, fn: Callable[[Connection], T]) -> T:
-    return await read(db, fn)
-
-
 def _check_password(db: Database, person_id: str, password: str) -> bool:
     with db.connect() as conn:
         return passwords.check_password(conn, person_id, password)
@@ -682,8 +678,8 @@ async def inbox(request: Request) -> Response:
     directory = gateway.policy.directory
     now = gateway.clock()
     me = viewer.id
-    pending = await _read(gateway.db, _pending)
-    mine = await _read(gateway.db, lambda c: _requested_by(c, me))
+    pending = await read(gateway.db, _pending)
+    mine = await read(gateway.db, lambda c: _requested_by(c, me))
     waiting = [
         _row(s, directory, now)
         for s in pending
@@ -705,7 +701,7 @@ async def history(request: Request) -> Response:
     directory = gateway.policy.directory
     now = gateway.clock()
     me = viewer.id
-    decided = await _read(gateway.db, _decided)
+    decided = await read(gateway.db, _decided)
     rows = [
         _row(s, directory, now, _part(s.approval, me)) for s in decided if _involved(s.approval, me)
     ]
@@ -815,7 +811,7 @@ async def audit(request: Request) -> Response:
         )  # fmt: skip
     gateway = _gateway(request)
     report = await anyio.to_thread.run_sync(verify_store, gateway.db)
-    entries = await _read(gateway.db, _latest_audit)
+    entries = await read(gateway.db, _latest_audit)
     problem = report.first_problem
     return _page(
         request, "audit.html", viewer, report=report, problem=problem, entries=entries,
