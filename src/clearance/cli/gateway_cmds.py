@@ -95,9 +95,12 @@ def start_fake(name: str, gateway_url: str) -> tuple[Path, str]:
     return path, note
 
 
+users_app = typer.Typer(help="Approvers: sign-in, delegates, second factors.", no_args_is_help=True)
+"""`clearance users …`: other command modules add their commands to this group."""
+
+
 def register(app: typer.Typer) -> None:
     keys_app = typer.Typer(help="API keys for agents and approvers.", no_args_is_help=True)
-    users_app = typer.Typer(help="Approvers' sign-in.", no_args_is_help=True)
     approvals_app = typer.Typer(help="List, inspect and decide approvals.", no_args_is_help=True)
     audit_app = typer.Typer(help="Verify and export the audit trail.", no_args_is_help=True)
     channels_app = typer.Typer(help="Approval channels (Slack, email, …).", no_args_is_help=True)
