@@ -14,16 +14,14 @@
    rounds so that machine noise hits them alike:
    - `without`         evaluate (risk = the neutral default) + `writer.append(entry)`;
    - `without/run`     the same entry through `writer.run` (a unit: a SAVEPOINT, which is
-                       what writing anything else with the entry takes);
+                       what writing anything else with the entry takes; the writer issues
+                       it on the DB-API cursor, so it costs a few µs);
    - `with`            `risk.assessment` on a reader connection (one indexed read, none on a
                        cache hit) + evaluate + `writer.run(entry + risk.record)` (one upsert)
                        + `risk.committed`: the integration proposed to the lead;
    - `with/no-cache`   `with`, on an engine without its row cache (other people, so the two
                        engines never write the same rows);
    - `with/in-unit`    the read, evaluation, entry and record all inside one writer unit;
-   - `without/raw-sp`, `with/raw-sp`  `without/run` and `with` on a writer whose units
-                       take their SAVEPOINT on the DB-API cursor (a proposed writer change,
-                       emulated here: `RawSavepointWriter`);
    - `with/hot`        `with`, for the busy agents (their rows are the largest).
    Wall-clock median and p99 µs a check, and the process's CPU time (all threads); the
    target is `with` < 2 × `without` (the issue: "a check with risk signals stays under 2×
@@ -351,36 +349,6 @@ class Stats:
         return cls(len(ordered), statistics.median(ordered) / 1000, p99 / 1000, cpu)
 
 
-class RawSavepointWriter(AuditWriter):
-    """A PROTOTYPE of a writer change proposed to the lead, emulated here to measure it: a
-    unit's SAVEPOINT / RELEASE go straight to the DB-API cursor (as `append` already does
-    for its statements) instead of through SQLAlchemy's `begin_nested()`, which costs about
-    as much as the append itself. Built on the writer's private `_run_unit`; when that
-    changes, the variants using it are skipped."""
-
-    def _run_unit(self, conn: Any, batch: Any, work: Any, item: Any) -> None:
-        mark = batch.mark()
-        cursor = conn.connection.cursor()
-        cursor.execute("SAVEPOINT clearance_unit")
-        tx = WriteTx(conn, batch)
-        try:
-            item.result = work(tx)
-        except Exception as exc:
-            cursor.execute("ROLLBACK TO SAVEPOINT clearance_unit")
-            cursor.execute("RELEASE SAVEPOINT clearance_unit")
-            batch.reset(mark)
-            item.error = exc
-        else:
-            cursor.execute("RELEASE SAVEPOINT clearance_unit")
-        finally:
-            tx._open = False
-            cursor.close()
-
-
-def raw_savepoints_available() -> bool:
-    return callable(getattr(AuditWriter, "_run_unit", None))
-
-
 class Bench:
     """The gateway's check path, spelled out, with and without risk signals."""
 
@@ -391,7 +359,6 @@ class Bench:
         self.uncached = RiskEngine(risk.settings, cache_rows=0)
         self.engine = engine
         self.writer = AuditWriter(db, "bench-risk")
-        self.raw_writer = RawSavepointWriter(db, "bench-risk-raw")
         self.reader = db.sync_engine.connect()
         self.rng = random.Random(SEED + 1)
         self.clock = NOW.timestamp()
@@ -399,7 +366,6 @@ class Bench:
 
     async def aclose(self) -> None:
         await self.writer.aclose()
-        await self.raw_writer.aclose()
         self.reader.close()
 
     def now(self) -> datetime:
@@ -446,13 +412,12 @@ class Bench:
         decision = self.engine.evaluate(request)
         await self.writer.append(self.entry(request, decision, self.now(), None))
 
-    async def without_run(self, request: Request, *, raw: bool = False) -> None:
+    async def without_run(self, request: Request) -> None:
         decision = self.engine.evaluate(request)
         entry = self.entry(request, decision, self.now(), None)
-        writer = self.raw_writer if raw else self.writer
-        await writer.run(lambda tx: tx.audit(entry))
+        await self.writer.run(lambda tx: tx.audit(entry))
 
-    async def with_risk(self, request: Request, *, cached: bool = True, raw: bool = False) -> None:
+    async def with_risk(self, request: Request, *, cached: bool = True) -> None:
         """Read before evaluating (reader connection); record in the entry's unit."""
         now = self.now()
         risk = self.risk if cached else self.uncached
@@ -465,8 +430,7 @@ class Bench:
             tx.audit(entry)
             return risk.record(tx.conn, request, decision.effect, now, assessment=assessment)
 
-        writer = self.raw_writer if raw else self.writer
-        risk.committed(await writer.run(unit))
+        risk.committed(await self.writer.run(unit))
 
     async def with_risk_in_unit(self, request: Request) -> None:
         """Read, evaluate, audit and record, all inside one writer unit."""
@@ -498,9 +462,6 @@ async def measure(bench: Bench, sizes: Sizes) -> dict[str, Stats]:
         ),
         "with/in-unit": (bench.with_risk_in_unit, people),
     }
-    if raw_savepoints_available():
-        variants["without/raw-sp"] = (functools.partial(bench.without_run, raw=True), people)
-        variants["with/raw-sp"] = (functools.partial(bench.with_risk, raw=True), people)
     hot = iter(range(10**9))
     hot_agents = max(1, bench.pop.sizes.hot_agents)
     variants["with/hot"] = (bench.with_risk, lambda: hot_request(next(hot) % hot_agents, next(hot)))
@@ -649,7 +610,7 @@ def run(sizes: Sizes, url: str | None, label: str, *, sqlite_tuning: bool = Fals
         )
     print(f"  assess alone: median {reads.median_us:.1f} µs, p99 {reads.p99_us:.1f} µs")
     print(f"  record alone: median {writes.median_us:.1f} µs, p99 {writes.p99_us:.1f} µs")
-    for name in ("with", "with/raw-sp"):
+    for name in ("with",):
         if name in results:
             ratio = results[name].median_us / base.median_us
             cpu_ratio = results[name].cpu_us / base.cpu_us

@@ -54,6 +54,9 @@ from clearance.store.schema import audit_checkpoints, audit_heads
 
 __all__ = ["AuditWriter", "Checkpoint", "WriteTx"]
 
+_SAVEPOINT = "SAVEPOINT clearance_unit"
+_ROLLBACK_TO = "ROLLBACK TO SAVEPOINT clearance_unit"
+_RELEASE = "RELEASE SAVEPOINT clearance_unit"
 R = TypeVar("R")
 
 DEFAULT_MAX_BATCH = 1024
@@ -457,7 +460,7 @@ class AuditWriter:
         batch = _Batch(self.chain_id, *self._lock_head(cursor), sql)
         for item in items:
             if item.work is not None:
-                self._run_unit(conn, batch, item.work, item)
+                self._run_unit(conn, cursor, batch, item.work, item)
             elif item.draft is not None and item.encoded is not None:
                 item.result = batch.add(item.draft, item.encoded)
         if len(batch.rows) == 1:
@@ -468,10 +471,18 @@ class AuditWriter:
             cursor.execute(sql.update_head, (batch.seq, batch.hash, batch.last_ts, self.chain_id))
 
     def _run_unit(
-        self, conn: Connection, batch: _Batch, work: Callable[[WriteTx], Any], item: _Item[Any]
+        self,
+        conn: Connection,
+        cursor: Any,
+        batch: _Batch,
+        work: Callable[[WriteTx], Any],
+        item: _Item[Any],
     ) -> None:
+        # The unit's SAVEPOINT goes straight to the DB-API cursor, as the batch's own
+        # statements do: SQLAlchemy's begin_nested() cost as much as the rest of a check.
+        # SQLAlchemy still owns the outer transaction, and a unit may nest its own savepoints.
         mark = batch.mark()
-        savepoint = conn.begin_nested()
+        cursor.execute(_SAVEPOINT)
         tx = WriteTx(conn, batch)
         try:
             result = work(tx)
@@ -481,14 +492,19 @@ class AuditWriter:
             item.result = result
         except Exception as exc:
             tx._open = False
-            savepoint.rollback()  # if this fails too, the whole batch fails
+            if not conn.in_transaction():
+                raise RuntimeError(
+                    "a unit of work ended the writer's transaction; raise instead"
+                ) from exc
+            cursor.execute(_ROLLBACK_TO)  # if this fails too, the whole batch fails
+            cursor.execute(_RELEASE)
             batch.reset(mark)
             item.error = unavailable_from(exc) if is_unavailable(exc) else exc
         else:
             tx._open = False
-            if not savepoint.is_active:  # the unit committed or rolled back by itself
+            if not conn.in_transaction():  # the unit committed or rolled back by itself
                 raise RuntimeError("a unit of work ended the writer's transaction; raise instead")
-            savepoint.commit()
+            cursor.execute(_RELEASE)
 
     def _lock_head(self, cursor: Any) -> tuple[int, str]:
         sql = self._sql
