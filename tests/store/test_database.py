@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from clearance.store.database import open_database
+from clearance.store.database import Database, open_database
 from clearance.store.errors import StoreUnavailable, translate_errors
 from clearance.store.migrations import head_revision
 
@@ -179,3 +179,29 @@ def test_racing_migrations_in_processes(db_url: str) -> None:
     db = open_database(db_url)
     assert db.current_revision() == head_revision()
     db.dispose()
+
+
+def test_connections_racing_on_a_new_sqlite_file_all_open(tmp_path: Path) -> None:
+    """The first connections to a brand-new SQLite file all switch it to WAL without
+    "database is locked" (SQLite doesn't wait on that lock by itself; we retry)."""
+    failures: list[BaseException] = []
+    for n in range(30):
+        dbs = [open_database(f"sqlite:///{tmp_path}/race{n}.db") for _ in range(6)]
+        barrier = threading.Barrier(len(dbs))
+
+        def touch(db: Database, barrier: threading.Barrier = barrier) -> None:
+            try:
+                barrier.wait()
+                with db.connect() as conn:
+                    conn.execute(sa.text("SELECT 1"))
+            except BaseException as exc:  # collected and re-raised in the test thread
+                failures.append(exc)
+
+        threads = [threading.Thread(target=touch, args=(db,)) for db in dbs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for db in dbs:
+            db.dispose()
+    assert failures == []

@@ -14,6 +14,7 @@ is how writers in several processes sharing one file serialize.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -210,7 +211,7 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {timeout}")
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _set_wal(cursor, timeout)
             cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.execute("PRAGMA foreign_keys = ON")
         finally:
@@ -231,3 +232,24 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
 
 
 _BEGIN = {mode: f"BEGIN {mode}" for mode in ("DEFERRED", "IMMEDIATE", "EXCLUSIVE")}
+
+
+def _set_wal(cursor: Any, timeout_ms: int) -> None:
+    """`PRAGMA journal_mode = WAL`, waiting out a concurrent switch.
+
+    Turning a new file to WAL takes an exclusive lock, and SQLite answers "database is
+    locked" at once instead of calling the busy handler: connections racing on a fresh file
+    (several processes migrating it) retry here for up to the busy timeout. Once the file is
+    in WAL (the mode is stored in it) the pragma is a read and never waits.
+    """
+    deadline = time.monotonic() + timeout_ms / 1000
+    pause = 0.002
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except Exception as exc:  # sqlite3's or aiosqlite's OperationalError
+            if "database is locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
