@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck pytest bench clean
+.PHONY: install run test lint typecheck pytest openclaw-test bench clean
 
 install: $(STAMP)
 
@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 run: install
-	$(BIN)/clearance demo --config examples/enterprise/clearance.yaml $(if $(FAKE),--fake $(FAKE))
+	$(BIN)/clearance demo --config examples/enterprise/clearance.yaml \
+		--config examples/enterprise/risk.yaml $(if $(FAKE),--fake $(FAKE))
 
 lint: install
 	$(BIN)/ruff check src tests bench
@@ -27,10 +28,18 @@ typecheck: install
 pytest: install
 	$(BIN)/pytest -q
 
-test: lint typecheck pytest
+test: lint typecheck pytest openclaw-test
+
+# The OpenClaw plugin (TypeScript): its tests start a real `clearance serve` from .venv.
+openclaw-test: install
+	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 \
+	  && node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 3) ? 0 : 1)' || { \
+	  echo "make openclaw-test: Node.js 20.3 or newer with npm is required for integrations/openclaw"; exit 1; }
+	cd integrations/openclaw && npm ci --no-audit --no-fund && CLEARANCE_BIN=$(abspath $(BIN)/clearance) npm test
 
 bench: install
 	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) .clearance .pytest_cache .mypy_cache .ruff_cache
+	rm -rf integrations/openclaw/node_modules integrations/openclaw/dist
