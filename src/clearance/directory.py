@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 GROUP_PREFIX = "group:"
 PERSON_PREFIX = "person:"
+#: An approver reference to the requester's own manager (`manager:` of `actor.user`),
+#: resolved per request: "a new device needs the requester's manager to confirm".
+ACTOR_MANAGER = "actor.manager"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,12 @@ class Directory:
         person_id = self._by_channel.get((channel, key))
         return self._people.get(person_id) if person_id else None
 
+    def manager_of(self, person_id: str | None) -> str | None:
+        """The directory manager of `person_id`, when both are known."""
+        person = self._people.get(person_id) if person_id else None
+        manager = person.manager if person is not None else None
+        return manager if manager in self._people else None
+
     def has_role(self, person_id: str, role: str) -> bool:
         person = self._people.get(person_id)
         return person is not None and role in person.roles
@@ -79,11 +88,18 @@ class Directory:
             return ref[len(GROUP_PREFIX) :] in self._groups
         return ref.removeprefix(PERSON_PREFIX) in self._people
 
-    def resolve(self, refs: Iterable[str]) -> tuple[str, ...]:
-        """Person ids named by `refs` (people and `group:` references), in order, once each."""
+    def resolve(self, refs: Iterable[str], *, keep_actor_manager: bool = False) -> tuple[str, ...]:
+        """Person ids named by `refs` (people and `group:` references), in order, once each.
+
+        With `keep_actor_manager`, an `actor.manager` reference stays in the result as it is
+        (only a request knows whose manager); otherwise it names nobody.
+        """
         seen: dict[str, None] = {}
         for ref in refs:
-            if ref.startswith(GROUP_PREFIX):
+            if ref == ACTOR_MANAGER:
+                if keep_actor_manager:
+                    seen[ref] = None
+            elif ref.startswith(GROUP_PREFIX):
                 for member in self._groups.get(ref[len(GROUP_PREFIX) :], ()):
                     seen[member] = None
             else:

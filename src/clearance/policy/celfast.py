@@ -49,6 +49,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .model import DEFAULT_RISK
+
 __all__ = ["CelFastError", "FastCondition", "compile_fast", "compile_group", "plain_inputs"]
 
 INT64_MIN = -(2**63)
@@ -1133,6 +1135,11 @@ def _plain_dyn_map(value: Any) -> bool:
     return type(value) is dict and _plain_map(value, 1)
 
 
+def _plain_risk_map(value: Any) -> bool:
+    # The engine's neutral map (a policy without `risk:`) is ours and plain: no walk needed.
+    return value is DEFAULT_RISK or (type(value) is dict and _plain_map(value, 1))
+
+
 # The declared type of each variable (as in cel.py's environment) → its check.
 _CHECKS: dict[str, Callable[[Any], bool]] = {
     "action": _plain_string,
@@ -1140,7 +1147,7 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "actor": _plain_string_map,
     "context": _plain_dyn_map,
     "labels": _plain_string_list,
-    "risk": _plain_dyn_map,
+    "risk": _plain_risk_map,
 }
 _MAP_VARIABLES = frozenset({"params", "actor", "context", "risk"})
 

@@ -9,6 +9,7 @@ of its approve rules resolved to people and checked for feasibility once per com
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import itertools
 import os
@@ -17,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..directory import ACTOR_MANAGER
 from ..matching import feasible
 from .cel import CelEvalError, FusedConditions
 from .load import Policy
@@ -230,6 +232,8 @@ class Engine:
             if len(self._plans) >= _CACHE_LIMIT:
                 self._plans.clear()
             self._plans[rule_ids] = base
+        if ACTOR_MANAGER in base.people:
+            return self._manager_plan(base.plan, requester)
         if requester is None or requester not in base.people:
             return (None, base.infeasible) if base.infeasible else (base.plan, None)
         stages = tuple(
@@ -246,6 +250,39 @@ class Engine:
         problem = _infeasible(base.plan, requester)
         return (None, problem) if problem else (plan, None)
 
+    def _manager_plan(
+        self, plan: ResolvedPlan, requester: str | None
+    ) -> tuple[ResolvedPlan | None, str | None]:
+        """`plan` with `actor.manager` replaced by the requester's manager (and the requester
+        taken out); a stage that needs a manager the directory doesn't name is infeasible."""
+        manager = self.policy.directory.manager_of(requester)
+        if manager is None:
+            who = f"'{requester}'" if requester else "a request without actor.user"
+            stage = next(
+                s.name for s in plan.stages for r in s.requirements if ACTOR_MANAGER in r.approvers
+            )
+            return None, (
+                f"approval cannot be met: stage '{stage}' needs the requester's manager, and "
+                f"{who} has no manager in the directory; denied"
+            )
+
+        def swap(approvers: tuple[str, ...]) -> tuple[str, ...]:
+            named = (manager if p == ACTOR_MANAGER else p for p in approvers)
+            return tuple(p for p in dict.fromkeys(named) if p != requester)
+
+        stages = tuple(
+            dataclasses.replace(
+                s,
+                requirements=tuple(
+                    ResolvedRequirement(swap(r.approvers), r.required) for r in s.requirements
+                ),
+            )
+            for s in plan.stages
+        )
+        personal = ResolvedPlan(stages, plan.timeout_s)
+        problem = _infeasible(personal, requester)
+        return (None, problem) if problem else (personal, None)
+
     def _build_plan(self, rule_ids: Sequence[str]) -> _BasePlan:
         directory = self.policy.directory
         by_id = {r.id: r for r in self.policy.rules}
@@ -261,7 +298,10 @@ class Engine:
                 resolved = ResolvedStage(
                     stage.name,
                     tuple(
-                        ResolvedRequirement(directory.resolve(req.approvers), req.required)
+                        ResolvedRequirement(
+                            directory.resolve(req.approvers, keep_actor_manager=True),
+                            req.required,
+                        )
                         for req in stage.requirements
                     ),
                 )

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from ..canonical import canonical_json
-from ..directory import GROUP_PREFIX, PERSON_PREFIX, Directory, Person
+from ..directory import ACTOR_MANAGER, GROUP_PREFIX, PERSON_PREFIX, Directory, Person
 from .cel import CelCompileError, Condition, compile_condition
 from .model import (
     DEFAULT_TIMEOUT_S,
@@ -530,11 +530,11 @@ class _Linker:
                 refs_ok = True
                 for k, ref in enumerate(approvers):
                     refs_ok = (
-                        self._check_ref(doc, (*rpath, "approvers", k), ref, rule_id, directory)
-                        and refs_ok
-                    )
+                        ref == ACTOR_MANAGER  # the requester's manager: known per request
+                        or self._check_ref(doc, (*rpath, "approvers", k), ref, rule_id, directory)
+                    ) and refs_ok
                 if refs_ok:
-                    people = directory.resolve(approvers)
+                    people = directory.resolve(approvers, keep_actor_manager=True)
                     if required > len(people):
                         self._add(
                             "required_exceeds",

@@ -1,0 +1,87 @@
+"""The enterprise example's risk rules (examples/enterprise/risk.yaml) through the gateway:
+signals computed from the store's own history, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from clearance.gateway import Gateway
+from clearance.policy import Request
+from clearance.testing import FrozenClock
+
+from ..fixtures import ENTERPRISE
+
+RISK = ENTERPRISE.with_name("risk.yaml")
+# Tuesday 24 November 2026, 09:00 in New York: business hours.
+WORKING = datetime(2026, 11, 24, 14, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def gw(tmp_path: Path, db_url: str) -> Gateway:
+    gateway = Gateway.open([ENTERPRISE, RISK], database_url=db_url, clock=FrozenClock(WORKING))
+    yield gateway  # type: ignore[misc]
+    await gateway.aclose()
+
+
+def _transfer(amount: float, **context: str) -> Request:
+    params = {"amount": amount, "currency": "USD", "destination_country": "US"}
+    if "payee_id" in context:
+        params["payee_id"] = context.pop("payee_id")
+    return Request("payments.transfer", params, {"user": "carol", "agent": "billing-bot"}, context)
+
+
+async def test_a_new_device_needs_the_manager_then_a_known_one_runs(gw: Gateway) -> None:
+    """Carol's first transfer from a device waits for her manager Alice; the next one from
+    the same device and country runs automatically; a new country asks Alice again."""
+    first = await gw.check(_transfer(100, geo="US", device_id="laptop-1"))
+    assert first.decision.effect.value == "approve"
+    assert first.decision.rules == ("new-location-or-device",)
+    assert first.approval is not None
+    assert first.approval.approval.plan.stages[0].requirements[0].approvers == ("alice",)
+    again = await gw.check(_transfer(100, geo="US", device_id="laptop-1"))
+    assert again.decision.effect.value == "allow"
+    abroad = await gw.check(_transfer(100, geo="BR", device_id="laptop-1"))
+    assert abroad.decision.effect.value == "approve"
+    assert abroad.decision.rules == ("new-location-or-device",)
+    assert abroad.approval is not None
+    assert any("from BR" in r for r in abroad.approval.reasons)
+
+
+async def test_off_hours_and_holidays_add_an_approver(gw: Gateway) -> None:
+    """22:00 in New York, and Thanksgiving afternoon, turn an automatic transfer into one that
+    needs an approver; 09:00 on a working day does not."""
+    clock = gw.clock
+    assert isinstance(clock, FrozenClock)
+    assert (await gw.check(_transfer(100))).decision.effect.value == "allow"
+    clock.now = datetime(2026, 11, 25, 3, 0, tzinfo=UTC)  # 22:00 on the 24th in New York
+    night = await gw.check(_transfer(100))
+    assert night.decision.effect.value == "approve"
+    assert night.decision.rules == ("payments-off-hours",)
+    clock.now = datetime(2026, 11, 26, 17, 0, tzinfo=UTC)  # noon on Thanksgiving
+    holiday = await gw.check(_transfer(100))
+    assert holiday.decision.rules == ("payments-off-hours",)
+
+
+async def test_a_payment_after_a_bank_detail_change_is_blocked_and_alerts(gw: Gateway) -> None:
+    """A supplier's bank details change; a payment to that supplier days later is blocked,
+    and the security group is alerted with the reason."""
+    alerts: list[tuple[tuple[str, ...], dict[str, object]]] = []
+    gw.on_alert.append(lambda _tx, to, alert, _now: alerts.append((tuple(to), alert)))
+    change = Request(
+        "procurement.change_supplier_terms",
+        {"supplier_id": "acme", "changes": ["bank_details"], "iban": "DE00 0000"},
+        {"user": "carol", "agent": "procurement-bot"},
+    )
+    assert (await gw.check(change)).decision.effect.value == "approve"
+    clock = gw.clock
+    assert isinstance(clock, FrozenClock)
+    clock.advance(days=6)  # Monday 30 November, 09:00 in New York
+    other = await gw.check(_transfer(100, payee_id="globex"))
+    assert other.decision.effect.value == "allow"
+    paid = await gw.check(_transfer(100, payee_id="acme"))
+    assert paid.decision.effect.value == "block"
+    assert "payee-bank-change-block" in paid.decision.rules
+    assert alerts and alerts[-1][0] == ("frank", "sam")
