@@ -54,4 +54,7 @@ def serve(
         log_level="info" if announce else "warning",
         access_log=False,
         lifespan="on",
+        # Long polls (`/wait?timeout=…`) would hold a shutdown for their whole timeout; an
+        # agent's SDK re-polls after a dropped connection, so don't wait for them long.
+        timeout_graceful_shutdown=5,
     )
