@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import gateway_cmds, policy_cmds
+from . import gateway_cmds, mcp_cmds, policy_cmds
 
 app = typer.Typer(
     name="clearance",
@@ -16,6 +16,7 @@ app = typer.Typer(
 
 policy_cmds.register(app)
 gateway_cmds.register(app)
+mcp_cmds.register(app)
 
 
 def main() -> None:
