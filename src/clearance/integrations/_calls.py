@@ -8,6 +8,8 @@ refusal becomes a `Refusal` whose text a model can read; nothing here imports a 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -103,10 +105,46 @@ async def settle(
     timeout: float | None = None,
     poll: float = DEFAULT_POLL_S,
     on_wait: Callable[[float, ApprovalStatus], Awaitable[None]] | None = None,
+    withdraw_on_cancel: bool = False,
 ) -> ApprovalStatus:
     """Wait until people decide. Returns the approved status; raises `Refusal` for a denial,
     an expiry, a cancellation, or when `timeout` seconds pass first (the request then stays
-    pending in Clearance). `on_wait(elapsed, status)` is called after each `poll` seconds."""
+    pending in Clearance). `on_wait(elapsed, status)` is called after each `poll` seconds.
+
+    With `withdraw_on_cancel`, a caller that gives up (this task is cancelled: an MCP client
+    cancelled the call) withdraws the request, so nobody is asked to approve a call that can
+    no longer run."""
+    try:
+        return await _settle(gate, call, approval_id, timeout, poll, on_wait)
+    except asyncio.CancelledError:
+        if withdraw_on_cancel:
+            task = asyncio.ensure_future(
+                gate.cancel(approval_id, f"the caller cancelled {call.action}")
+            )
+            _withdrawals.add(task)  # a task nobody holds may be collected before it runs
+            task.add_done_callback(_withdrawn)
+            with contextlib.suppress(BaseException):  # cancelled again while it runs: fine
+                await asyncio.shield(task)
+        raise
+
+
+_withdrawals: set[asyncio.Task[Any]] = set()
+
+
+def _withdrawn(task: asyncio.Task[Any]) -> None:
+    _withdrawals.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("could not withdraw a cancelled call's request: %s", task.exception())
+
+
+async def _settle(
+    gate: BaseGate,
+    call: ToolCall,
+    approval_id: str,
+    timeout: float | None,
+    poll: float,
+    on_wait: Callable[[float, ApprovalStatus], Awaitable[None]] | None,
+) -> ApprovalStatus:
     started = time.monotonic()
     while True:
         elapsed = time.monotonic() - started
@@ -165,7 +203,7 @@ async def run_cleared(
 async def claim(gate: BaseGate, call: ToolCall, approval_id: str) -> None:
     """Claim the approved call: only the exact call approved, and only once."""
     try:
-        await gate._claim(approval_id, call.action, call.params, call.actor)
+        await gate.claim(approval_id, call.action, call.params, call.actor)
     except AlreadyExecuted as exc:
         raise Refusal(
             f"The approval {approval_id} for {call.action} was already used once; "

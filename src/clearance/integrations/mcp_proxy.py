@@ -196,6 +196,7 @@ class McpApprovalProxy:
                     timeout=self.wait_timeout,
                     poll=self.progress_interval,
                     on_wait=progress,
+                    withdraw_on_cancel=True,  # the client gave up: stop asking people
                 )
 
             async def forward() -> types.CallToolResult:

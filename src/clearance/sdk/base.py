@@ -59,6 +59,9 @@ class BaseGate(abc.ABC):
     async def _report(self, approval_id: str, state: str, result: str | None) -> dict[str, Any]: ...
 
     @abc.abstractmethod
+    async def _cancel(self, approval_id: str, reason: str) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
     async def aclose(self) -> None:
         """Release connections. The gate cannot be used afterwards."""
 
@@ -178,7 +181,7 @@ class BaseGate(abc.ABC):
                     action, call_params, actor=who, idempotency_key=key, timeout=timeout
                 )
                 if approval.id is not None:
-                    await self._claim(approval.id, action, call_params, who)
+                    await self.claim(approval.id, action, call_params, who)
                 try:
                     value = fn(*args, **kwargs)
                     if inspect.isawaitable(value):
@@ -207,11 +210,21 @@ class BaseGate(abc.ABC):
 
         return decorate
 
-    async def _claim(
-        self, approval_id: str, action: str, params: dict[str, Any], actor: dict[str, str]
-    ) -> None:
+    async def claim(
+        self,
+        approval_id: str,
+        action: str,
+        params: Mapping[str, Any],
+        actor: Mapping[str, str] | None = None,
+    ) -> ApprovalStatus:
+        """Claim an approved request for the one call about to run (`guard` does this).
+
+        The gateway checks that `action`, `params` and `actor` are exactly what was approved
+        and marks the approval used; a second claim raises `AlreadyExecuted`, so an approved
+        action runs at most once even when a caller retries after a crash.
+        """
         try:
-            await self._release(approval_id, action, params, actor)
+            data = await self._release(approval_id, action, dict(params), dict(actor or {}))
         except GatewayError as exc:
             if exc.code == "already_released":
                 raise AlreadyExecuted(
@@ -220,6 +233,14 @@ class BaseGate(abc.ABC):
                     approval_id=approval_id,
                 ) from None
             raise
+        return ApprovalStatus.from_json(data)
+
+    async def cancel(self, approval_id: str, reason: str) -> ApprovalStatus:
+        """Withdraw a pending request this agent no longer needs (the call that asked is
+        gone): approvers stop being asked, and the audit trail says why."""
+        if not reason or not reason.strip():
+            raise ValueError("say why the request is withdrawn (reason)")
+        return ApprovalStatus.from_json(await self._cancel(approval_id, reason))
 
     # -- for callers that are not async --------------------------------------------------------
     def _sync(self, coro: Awaitable[R]) -> R:

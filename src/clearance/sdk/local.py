@@ -70,6 +70,11 @@ class LocalGate(BaseGate):
             stored = await self.gateway.approvals.report_result(approval_id, state, result)
         return approval_out(stored, self.gateway.policy.directory).model_dump()
 
+    async def _cancel(self, approval_id: str, reason: str) -> dict[str, Any]:
+        with _translated():
+            stored = await self.gateway.approvals.cancel(approval_id, reason)
+        return approval_out(stored, self.gateway.policy.directory).model_dump()
+
     async def decide(
         self, approval_id: str, *, person: str, decision: str, comment: str | None = None
     ) -> dict[str, Any]:

@@ -125,6 +125,11 @@ class RemoteGate(BaseGate):
             retry=True,
         )
 
+    async def _cancel(self, approval_id: str, reason: str) -> dict[str, Any]:
+        return await self._call(
+            "POST", f"/v1/approvals/{approval_id}/cancel", json={"reason": reason}, retry=True
+        )
+
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()
