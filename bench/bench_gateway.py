@@ -49,6 +49,7 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
+import itertools
 import json
 import math
 import os
@@ -1029,6 +1030,8 @@ async def soak(server: Server, keys: BenchKeys, seconds: float, workers: int = 4
         def check(params: dict[str, Any]) -> dict[str, Any]:
             return {"json": {"action": "payments.transfer", "params": params, "actor": ACTOR}}
 
+        params_seq = itertools.count()
+
         async def worker() -> None:
             loops = 0
             while time.monotonic() < stop:
@@ -1037,7 +1040,13 @@ async def soak(server: Server, keys: BenchKeys, seconds: float, workers: int = 4
                     await call(
                         "check (allow)", "POST", "/v1/checks", "agent", **check(ALLOW_PARAMS)
                     )
-                params = {"amount": rng.randrange(500, 5001), "destination_country": "US"}
+                # A unique reference: the same transfer asked again after a denial would be
+                # refused at once (the example remembers denials for an hour).
+                params = {
+                    "amount": rng.randrange(500, 5001),
+                    "destination_country": "US",
+                    "reference": f"soak-{next(params_seq)}",
+                }
                 data = await call(
                     "check (approval)", "POST", "/v1/checks", "agent", **check(params)
                 )

@@ -17,6 +17,8 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
+from . import delegation, denials, grants
+from . import override as override_mod
 from .approvals import records, workflow
 from .approvals.records import StoredApproval
 from .approvals.service import ApprovalError, ApprovalService, Clock
@@ -24,6 +26,7 @@ from .audit.entry import AuditDraft, Kind
 from .audit.writer import AuditWriter, WriteTx
 from .canonical import binding_hash, params_hash, redact
 from .policy import Decision, Effect, Engine, Policy, PolicyError, Request, load_policy
+from .policy.model import Controls
 from .store.database import Database, open_database
 from .store.reads import read
 
@@ -44,9 +47,13 @@ class CheckResult:
 
     decision: Decision
     approval: StoredApproval | None = None
+    # How controls decided it: {"grant_id": …} or {"remembered_denial": approval id}.
+    controls: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = self.decision.to_json()
+        if self.controls:
+            out.update(self.controls)
         if self.approval is not None:
             a = self.approval.approval
             out["approval_id"] = a.id
@@ -81,6 +88,12 @@ class Gateway:
         self.on_alert: list[
             Callable[[WriteTx, tuple[str, ...], dict[str, Any], datetime], None]
         ] = []
+        # Standing grants, remembered denials and overrides (clearance.grants, .denials,
+        # .override): looked up only when the policy turns them on.
+        self._controls = _ControlSwitches.of(policy)
+        self.approvals.in_transaction.append(
+            denials.hook(lambda: self._controls.remember_s is not None)
+        )
 
     @property
     def policy(self) -> Policy:
@@ -148,6 +161,51 @@ class Gateway:
             data=_check_data(decision, request, shown, agent, idempotency_key),
         )
         recorded: list[Any] = []
+        offer: grants.GrantOffer | None = None
+        controls: dict[str, Any] | None = None
+        switches = self._controls
+        if switches.any and decision.effect is Effect.APPROVE and decision.approval is not None:
+            # Never reached for allow, deny or block: those decide before any control.
+            offer = grants.offer_for(self.policy, decision, request) if switches.grants else None
+            found = await read(
+                self.db,
+                lambda c: _lookup_controls(c, switches, offer, bind, now, request.requester),
+            )
+            if isinstance(found, denials.RememberedDenial):
+                decision = denials.as_decision(decision, found, switches.remember_s or 0)
+                controls = {"remembered_denial": found.approval_id}
+            elif isinstance(found, grants.Grant):
+                decision = dataclasses.replace(
+                    decision,
+                    effect=Effect.ALLOW,
+                    approval=None,
+                    reasons=(
+                        *decision.reasons,
+                        f"allowed by grant {found.id} (approved always by {found.grantor} "
+                        f"until {found.expires_at.isoformat()})",
+                    ),
+                )
+                controls = {"grant_id": found.id}
+            elif isinstance(found, str):
+                stored_override = await self.approvals.get(found)
+                await self.writer.append(
+                    dataclasses.replace(
+                        entry,
+                        approval_id=found,
+                        data={**entry.data, "released_by_override": found},
+                    )
+                )
+                return CheckResult(
+                    Decision.from_json(stored_override.decision),
+                    stored_override,
+                    {"released_by_override": True},
+                )
+            if controls is not None:
+                entry = dataclasses.replace(
+                    entry,
+                    effect=decision.effect.value,
+                    data={**entry.data, **controls, "reasons": list(decision.reasons)},
+                )
 
         def record_risk(tx: WriteTx) -> None:
             """Keep the risk state in step, in the check's own transaction."""
@@ -174,6 +232,7 @@ class Gateway:
             await self.writer.run(block)
             result = CheckResult(decision)
         elif decision.effect is not Effect.APPROVE or decision.approval is None:
+            # (allowed by a standing grant, or denied as remembered, lands here too)
             if risk is None:
                 await self.writer.append(entry)  # the hot path: one entry, group-committed
             else:
@@ -183,7 +242,7 @@ class Gateway:
                     record_risk(tx)
 
                 await self.writer.run(plain)
-            result = CheckResult(decision)
+            result = CheckResult(decision, controls=controls)
         else:
             approval = workflow.open_approval(
                 approval_id=self._new_id(),
@@ -199,7 +258,7 @@ class Gateway:
                 agent=agent,
                 context=dict(request.context),
                 labels=tuple(request.labels),
-                decision=decision.to_json(),
+                decision=_with_offer(decision.to_json(), offer),
                 rules=decision.rules,
                 reasons=decision.reasons + _risk_reasons(request),
                 policy_version=decision.policy_version,
@@ -207,8 +266,9 @@ class Gateway:
                 idempotency_key=idempotency_key,
             )
 
-            def create(tx: WriteTx) -> None:
-                records.insert_approval(tx.conn, stored)
+            def create(tx: WriteTx) -> StoredApproval:
+                routed = delegation.route(tx.conn, stored, now)  # pick, delegates in force
+                records.insert_approval(tx.conn, routed)
                 tx.audit(_with_approval(entry, approval.id))
                 tx.audit(
                     AuditDraft(
@@ -226,15 +286,17 @@ class Gateway:
                             "plan": decision.approval.to_json() if decision.approval else None,
                             "expires_at": approval.expires_at.isoformat(),
                             "binding_hash": bind,
+                            **delegation.audit_data(routed.approval),
                         },
                     )
                 )
                 for hook in self.approvals.in_transaction:
-                    hook(tx, stored, ("approval.created",), now)
+                    hook(tx, routed, ("approval.created",), now)
                 record_risk(tx)
+                return routed
 
             try:
-                await self.writer.run(create)
+                stored = await self.writer.run(create)
             except Exception as exc:
                 # Two checks raced with one idempotency key: the loser returns the winner's.
                 if idempotency_key and _is_unique_violation(exc):
@@ -283,6 +345,7 @@ class Gateway:
             return False, message
         self.engine = Engine(policy)
         self.risk = risk_engine(policy)
+        self._controls = _ControlSwitches.of(policy)
         await self.writer.append(
             AuditDraft(
                 kind=Kind.POLICY_RELOAD,
@@ -345,6 +408,55 @@ def _risk_reasons(request: Request) -> tuple[str, ...]:
     if not risk.get("score"):
         return ()
     return (f"Risk score {risk['score']}/100: " + "; ".join(map(str, risk.get("reasons", []))),)
+
+
+@dataclass(frozen=True, slots=True)
+class _ControlSwitches:
+    """Which controls the policy turns on; all off keeps the check path as it was."""
+
+    grants: bool = False
+    remember_s: int | None = None
+    overrides: bool = False
+
+    @property
+    def any(self) -> bool:
+        return self.grants or self.remember_s is not None or self.overrides
+
+    @classmethod
+    def of(cls, policy: Policy) -> _ControlSwitches:
+        controls = policy.settings.get("controls")
+        remember = controls.remember_denials_s if isinstance(controls, Controls) else None
+        override = isinstance(controls, Controls) and controls.override is not None
+        return cls(grants.has_grant_rules(policy), remember, override)
+
+
+def _lookup_controls(
+    conn: Any,
+    switches: _ControlSwitches,
+    offer: grants.GrantOffer | None,
+    bind: str,
+    now: datetime,
+    requester: str | None,
+) -> denials.RememberedDenial | grants.Grant | str | None:
+    """For a request held for approval, in one read: an override made ahead of this exact call
+    (its approval id), a remembered denial of it, or a live grant covering it."""
+    if switches.overrides:
+        ready = override_mod.find_ready(conn, bind, now)
+        if ready is not None:
+            return ready
+    if switches.remember_s is not None:
+        earlier = denials.recall(conn, bind, now, switches.remember_s)
+        if earlier is not None:
+            return earlier
+    if offer is not None:
+        return grants.find_live(conn, offer, now, requester)
+    return None
+
+
+def _with_offer(decision: dict[str, Any], offer: grants.GrantOffer | None) -> dict[str, Any]:
+    if offer is not None:
+        decision["grant_offer"] = offer.to_json()
+    return decision
 
 
 def _with_approval(draft: AuditDraft, approval_id: str) -> AuditDraft:

@@ -219,10 +219,10 @@ def test_approval_that_would_strand_a_later_stage_is_refused() -> None:
     assert run(a, approve("alice"), approve("dana")).state is ApprovalState.APPROVED
 
 
-def test_delegated_vote_is_refused_for_now() -> None:
-    """A vote cast on behalf of someone else fails closed until delegation exists."""
+def test_vote_claiming_an_unrecorded_delegation_is_refused() -> None:
+    """A vote that claims to stand in for someone who named no such delegate fails closed."""
     vote = replace(approve("alice"), on_behalf_of="bob")
-    assert rejected(new(two_stage()), vote).code == "delegation_unsupported"
+    assert rejected(new(two_stage()), vote).code == "not_delegate"
 
 
 def test_recorded_vote_takes_the_current_stage_index() -> None:

@@ -339,11 +339,12 @@ async def test_clicks_after_the_decision_or_the_deadline_are_refused(
 async def test_malformed_but_signed_body_is_a_bad_request(
     gw_hub: tuple[Gateway, ChannelHub], slack: FakeSlack, clock: FrozenClock, hooks: Hooks
 ) -> None:
-    """A correctly signed body that is not an interaction payload is refused with 400."""
+    """A correctly signed body that is neither an interaction payload nor a slash command is
+    refused with 400."""
     from clearance.channels.slack import sign
 
     gateway, _ = gw_hub
-    body = b"command=%2Fapprove&text=hello"
+    body = b"event=hello&text=hello"
     stamp = str(now(clock))
     headers = {
         "x-slack-request-timestamp": stamp,

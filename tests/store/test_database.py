@@ -205,3 +205,32 @@ def test_connections_racing_on_a_new_sqlite_file_all_open(tmp_path: Path) -> Non
         for db in dbs:
             db.dispose()
     assert failures == []
+
+
+class _PgError(Exception):
+    def __init__(self, message: str, sqlstate: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "message", "unavailable"),
+    [
+        ("08006", "connection failure", True),
+        ("57P01", "terminating connection due to administrator command", True),
+        ("53300", "too many connections", True),
+        ("3D000", 'database "x" does not exist', True),
+        ("55000", 'database "x" is not currently accepting connections', True),
+        ("55000", "cannot lock a row in this state", False),
+        ("23505", "duplicate key value violates unique constraint", False),
+    ],
+)
+def test_postgres_errors_are_judged_by_their_sqlstate(
+    sqlstate: str, message: str, unavailable: bool
+) -> None:
+    """A driver error wrapped in SQLAlchemy's generic Error (as asyncpg's are) is "database
+    unavailable" exactly when its SQLSTATE says the server can't serve us now."""
+    wrapped = sa.exc.DBAPIError("SELECT 1", None, _PgError(message, sqlstate))
+    assert isinstance(wrapped, sa.exc.DBAPIError)
+    with pytest.raises(StoreUnavailable if unavailable else sa.exc.DBAPIError), translate_errors():
+        raise wrapped

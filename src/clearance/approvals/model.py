@@ -59,9 +59,13 @@ class Vote:
     comment: str | None = None
     channel: str = "api"
     on_behalf_of: str | None = None
+    # The verified second factor (totp | webauthn) and the approver's location the vote
+    # came with (see clearance.identity.mfa); checked by the workflow, recorded in the audit.
+    factor: str | None = None
+    geo: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "person": self.person,
             "decision": self.decision.value,
             "stage_index": self.stage_index,
@@ -70,6 +74,11 @@ class Vote:
             "channel": self.channel,
             "on_behalf_of": self.on_behalf_of,
         }
+        if self.factor is not None:
+            out["factor"] = self.factor
+        if self.geo is not None:
+            out["geo"] = self.geo
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Vote:
@@ -81,6 +90,41 @@ class Vote:
             comment=data.get("comment"),
             channel=str(data.get("channel", "api")),
             on_behalf_of=data.get("on_behalf_of"),
+            factor=data.get("factor"),
+            geo=data.get("geo"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingEntry:
+    """A reminder or an escalation that fired (see `clearance.approvals.escalation`).
+
+    `people` are who it reached out to; `level` numbers reminders and escalation levels of
+    the stage from 1; `at` is the time of the change that recorded it."""
+
+    kind: str  # reminder | escalation
+    stage_index: int
+    level: int
+    at: datetime
+    people: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "stage_index": self.stage_index,
+            "level": self.level,
+            "at": self.at.isoformat(),
+            "people": list(self.people),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RoutingEntry:
+        return cls(
+            kind=str(data["kind"]),
+            stage_index=int(data["stage_index"]),
+            level=int(data["level"]),
+            at=datetime.fromisoformat(data["at"]),
+            people=tuple(data["people"]),
         )
 
 
@@ -121,6 +165,10 @@ class Approval:
     execution_result: str | None = None
     executed_at: datetime | None = None
     version: int = 1
+    # Delegations in force for this request, (delegator, delegate), captured when it was
+    # created or escalated; and the reminders and escalations that fired.
+    delegations: tuple[tuple[str, str], ...] = ()
+    routing_log: tuple[RoutingEntry, ...] = ()
 
     # -- where it stands ----------------------------------------------------------------------
 
@@ -147,17 +195,53 @@ class Approval:
         return _unique(p for req in self.plan.stages[index].requirements for p in req.approvers)
 
     def stage_voters(self, index: int) -> tuple[str, ...]:
-        """The people whose approval counted in stage `index`, in the order they voted."""
+        """The people whose approval counted in stage `index`, in the order they voted (a
+        delegate's vote counts as the person they stood in for)."""
         return tuple(
-            v.person
+            v.on_behalf_of or v.person
             for v in self.votes
             if v.stage_index == index and v.decision is VoteDecision.APPROVE
         )
 
     @property
     def counted(self) -> frozenset[str]:
-        """Everyone whose approval counted, in any stage: none of them can count again."""
-        return frozenset(v.person for v in self.votes if v.decision is VoteDecision.APPROVE)
+        """Everyone whose approval counted, in any stage, and every delegate who cast one:
+        none of them can count again."""
+        return frozenset(
+            p
+            for v in self.votes
+            if v.decision is VoteDecision.APPROVE
+            for p in (v.person, v.on_behalf_of)
+            if p is not None
+        )
+
+    def delegate_of(self, person: str) -> str | None:
+        """Who stands in for `person` on this request (never the requester), or None."""
+        for delegator, delegate in self.delegations:
+            if delegator == person and delegate != self.requester:
+                return delegate
+        return None
+
+    def acting_as(self, person: str) -> str | None:
+        """Whose seat `person`'s vote on the current stage would fill: their own when they are
+        an approver not yet counted, else that of someone they stand in for; None if neither.
+        A delegator keeps the right to vote; the two of them count once."""
+        if self.current_stage is None or person == self.requester:
+            return None
+        approvers = self.stage_approvers(self.stage_index)
+        counted = self.counted
+        if person in approvers and person not in counted and self.would_count_as(person):
+            return person
+        for delegator, delegate in self.delegations:
+            if (
+                delegate == person
+                and delegator in approvers
+                and delegator not in counted
+                and delegator != self.requester
+                and self.would_count_as(delegator)
+            ):
+                return delegator
+        return person if person in approvers else None
 
     def stage_progress(self, index: int) -> tuple[RequirementProgress, ...]:
         """For each requirement of stage `index`: the voters that count toward it, and how
@@ -192,24 +276,36 @@ class Approval:
         return self.open_voters()
 
     def open_voters(self) -> tuple[str, ...]:
-        """`eligible_voters` without the clock: who may vote if the request has not expired."""
+        """`eligible_voters` without the clock: who the current stage is routed to if the
+        request has not expired — its approvers not yet counted, each replaced by their
+        delegate when they named one (the delegator may still vote: see `acting_as`)."""
         if self.current_stage is None:
             return ()
         counted = self.counted
-        return tuple(
-            p
-            for p in self.stage_approvers(self.stage_index)
-            if p != self.requester and p not in counted
-        )
+        routed = []
+        for p in self.stage_approvers(self.stage_index):
+            if p == self.requester or p in counted:
+                continue
+            delegate = self.delegate_of(p)
+            routed.append(delegate if delegate is not None and delegate not in counted else p)
+        return _unique(routed)
 
     def would_count(self, person: str) -> bool:
-        """Whether `person` approving now would fill a still-open slot of the current stage."""
+        """Whether `person` approving now would fill a still-open slot of the current stage
+        (in their own seat or in the seat of someone they stand in for)."""
         if self.current_stage is None or person == self.requester or person in self.counted:
+            return False
+        identity = self.acting_as(person)
+        return identity is not None and self.would_count_as(identity)
+
+    def would_count_as(self, identity: str) -> bool:
+        """Whether an approval in `identity`'s seat would fill an open slot of the stage."""
+        if self.current_stage is None or identity in self.counted:
             return False
         requirements = self.plan.stages[self.stage_index].requirements
         voters = self.stage_voters(self.stage_index)
         before = len(max_assignment(_stage_slots(requirements, voters)[0]))
-        after = len(max_assignment(_stage_slots(requirements, (*voters, person))[0]))
+        after = len(max_assignment(_stage_slots(requirements, (*voters, identity))[0]))
         return after > before
 
     def can_still_complete(self, extra_voter: str | None = None) -> bool:
@@ -233,12 +329,12 @@ class Approval:
 
     def pending_on(self, person: str) -> bool:
         """Whether this request is waiting on `person`: their approval now would be accepted
-        and move it forward. (No clock here: check `expires_at` separately.)"""
-        if self.state is not ApprovalState.PENDING or person not in self.open_voters():
+        and move it forward (in their own seat, or as a delegate). (No clock here: check
+        `expires_at` separately.)"""
+        if self.state is not ApprovalState.PENDING or not self.would_count(person):
             return False
-        if not self.would_count(person):
-            return False
-        return not self.can_still_complete() or self.can_still_complete(person)
+        identity = self.acting_as(person) or person
+        return not self.can_still_complete() or self.can_still_complete(identity)
 
     # -- storage -------------------------------------------------------------------------------
 
@@ -263,6 +359,8 @@ class Approval:
             "execution_result": self.execution_result,
             "executed_at": _iso(self.executed_at),
             "version": self.version,
+            "delegations": [list(d) for d in self.delegations],
+            "routing_log": [e.to_json() for e in self.routing_log],
         }
 
     @classmethod
@@ -288,6 +386,8 @@ class Approval:
             execution_result=data.get("execution_result"),
             executed_at=_from_iso(data.get("executed_at")),
             version=int(data["version"]),
+            delegations=tuple((str(a), str(b)) for a, b in data.get("delegations", ())),
+            routing_log=tuple(RoutingEntry.from_json(e) for e in data.get("routing_log", ())),
         )
 
 

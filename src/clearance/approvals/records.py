@@ -16,7 +16,7 @@ from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
 
 from ..policy.model import ResolvedPlan
 from ..store.schema import UTCDateTime, approvals, votes
-from .model import Approval, ApprovalState, ExecutionState, Vote, VoteDecision
+from .model import Approval, ApprovalState, ExecutionState, RoutingEntry, Vote, VoteDecision
 
 
 class Conflict(Exception):
@@ -70,6 +70,9 @@ _CAS = (
         execution_result=bindparam("execution_result"),
         executed_at=bindparam("executed_at"),
         version=bindparam("version"),
+        plan_json=bindparam("plan_json"),  # widened by an escalation
+        expires_at=bindparam("expires_at"),  # moved by `on_timeout: escalate`
+        routing_json=bindparam("routing_json"),
     )
 )
 _BY_ID = select(approvals).where(approvals.c.id == bindparam("id"))
@@ -101,6 +104,17 @@ def approval_values(stored: StoredApproval) -> dict[str, Any]:
         "created_at": a.created_at,
         "expires_at": a.expires_at,
         "version": a.version,
+        "routing_json": routing_json(a),
+    }
+
+
+def routing_json(a: Approval) -> dict[str, Any] | None:
+    """The delegations and the reminder/escalation log of an approval (None when empty)."""
+    if not a.delegations and not a.routing_log:
+        return None
+    return {
+        "delegations": [list(d) for d in a.delegations],
+        "log": [e.to_json() for e in a.routing_log],
     }
 
 
@@ -124,6 +138,9 @@ def save_transition(conn: Connection, before: Approval, after: Approval) -> None
             "execution_result": after.execution_result,
             "executed_at": after.executed_at,
             "version": after.version,
+            "plan_json": after.plan.to_json(),
+            "expires_at": after.expires_at,
+            "routing_json": routing_json(after),
         },
     )
     if result.rowcount != 1:
@@ -143,6 +160,8 @@ def save_transition(conn: Connection, before: Approval, after: Approval) -> None
                     "stage_index": v.stage_index,
                     "on_behalf_of": v.on_behalf_of,
                     "at": v.at,
+                    "factor": v.factor,
+                    "geo": v.geo,
                 }
                 for v in fresh
             ],
@@ -235,11 +254,14 @@ def _vote(row: Any) -> Vote:
         comment=row["comment"],
         channel=row["channel"],
         on_behalf_of=row["on_behalf_of"],
+        factor=row["factor"],
+        geo=row["geo"],
     )
 
 
 def _stored(row: Any, vote_list: Sequence[Vote]) -> StoredApproval:
     execution = row["execution_state"]
+    routing = row["routing_json"] or {}
     approval = Approval(
         id=row["id"],
         action=row["action"],
@@ -260,6 +282,8 @@ def _stored(row: Any, vote_list: Sequence[Vote]) -> StoredApproval:
         execution_result=row["execution_result"],
         executed_at=row["executed_at"],
         version=int(row["version"]),
+        delegations=tuple((str(a), str(b)) for a, b in routing.get("delegations", ())),
+        routing_log=tuple(RoutingEntry.from_json(e) for e in routing.get("log", ())),
     )
     return StoredApproval(
         approval=approval,

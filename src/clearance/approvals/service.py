@@ -20,14 +20,20 @@ from sqlalchemy import Connection
 
 from ..audit.entry import AuditDraft, Kind
 from ..audit.writer import AuditWriter, WriteTx
+from ..identity import mfa
 from ..store.database import Database
 from ..store.reads import read
-from . import records, workflow
+from . import jobs, records, workflow
 from .model import Approval, ApprovalState, ExecutionState, Vote, VoteDecision
 from .records import Conflict, StoredApproval
 
 Clock = Callable[[], datetime]
 InTransaction = Callable[[WriteTx, StoredApproval, tuple[str, ...], datetime], None]
+# Further writes of one change, in its transaction, after the approval is saved (a standing
+# grant, an override record); raising undoes the whole change.
+AfterChange = Callable[[WriteTx, StoredApproval, datetime], None]
+# (tx, the grant offer, grantor, the approved request, lifetime in seconds, now) → held?
+GrantHold = Callable[[WriteTx, Any, str, StoredApproval, int, datetime], bool]
 
 
 class ApprovalError(Exception):
@@ -105,6 +111,14 @@ class ApprovalService:
         self.on_change: list[Callable[[StoredApproval, tuple[str, ...]], None]] = []
         # Inside the change's transaction (queueing channel messages in the outbox):
         self.in_transaction: list[InTransaction] = []
+        # The durable timer of reminders and escalations follows every change.
+        self.in_transaction.append(_schedule_timer)
+        # Second factors and approver location (`mfa:`, `require_context:`): the server sets
+        # this from the policy's settings; the default has no encryption key and 300 s.
+        self.mfa_settings: Callable[[], mfa.MfaSettings] = mfa.MfaSettings
+        # Before a standing grant is created by an approval (clearance.grants): a hook that
+        # returns True holds it back, in the same transaction (four eyes on long grants).
+        self.grant_holds: list[GrantHold] = []
 
     # -- reads ---------------------------------------------------------------------------------
     async def get(self, approval_id: str) -> StoredApproval:
@@ -169,13 +183,33 @@ class ApprovalService:
         comment: str | None = None,
         channel: str = "api",
         on_behalf_of: str | None = None,
+        then: AfterChange | None = None,
+        proof: mfa.VoteProof | None = None,
     ) -> StoredApproval:
-        """Record one person's vote; the approval moves on when its stage is met."""
+        """Record one person's vote; the approval moves on when its stage is met. `then` runs
+        in the same transaction when the vote changed the approval (see `apply`).
+
+        `proof` is what the vote brings for a stage with `mfa:` or `require_context:` (a TOTP
+        code, the inbox session, the approver's location): verified in the vote's own
+        transaction (a code is used up there), and checked by the workflow; a vote without it
+        is refused (`mfa_required`, `context_required`) and the refusal audited."""
         try:
             vote_decision = VoteDecision(decision)
         except ValueError:
             raise ApprovalError("invalid_decision", "decision must be approve or deny") from None
         comment = (comment or "").strip() or None
+        established = mfa.Established()
+
+        def prepare(conn: Connection, a: Approval, now: datetime) -> None:
+            nonlocal established
+            established = mfa.Established()
+            stage = a.current_stage
+            if stage is None or (stage.mfa is None and not stage.require_context):
+                return
+            try:
+                established = mfa.establish(conn, person, stage, proof, now, self.mfa_settings())
+            except mfa.MfaError as exc:
+                raise workflow.VoteRejected(exc.code, exc.message) from None
 
         def step(a: Approval, now: datetime) -> workflow.Transition:
             vote = Vote(
@@ -186,6 +220,8 @@ class ApprovalService:
                 comment=comment,
                 channel=channel,
                 on_behalf_of=on_behalf_of,
+                factor=established.factor,
+                geo=established.geo,
             )
             return workflow.cast_vote(a, vote, now)
 
@@ -201,7 +237,26 @@ class ApprovalService:
                 data={"code": exc.code, "reason": exc.message, "decision": decision},
             )
 
-        return await self._change(approval_id, step, refused_entry, person=person, channel=channel)
+        return await self._change(
+            approval_id, step, refused_entry, person=person, channel=channel, then=then,
+            prepare=prepare,
+        )  # fmt: skip
+
+    async def apply(
+        self,
+        approval_id: str,
+        step: Callable[[Approval, datetime], workflow.Transition],
+        *,
+        person: str | None = None,
+        channel: str | None = None,
+        then: AfterChange | None = None,
+    ) -> StoredApproval:
+        """Apply a pure `step` (e.g. an emergency override) as one unit of work: compare-and-set,
+        audit entries of its events, the in-transaction hooks, and then `then(tx, after, now)`
+        — all committed together, or none of it when any of them raises."""
+        return await self._change(
+            approval_id, step, None, person=person, channel=channel, then=then
+        )
 
     async def release(self, approval_id: str, binding_hash: str) -> StoredApproval:
         """The agent claims the approved call: only the exact call approved, only once."""
@@ -236,6 +291,29 @@ class ApprovalService:
     async def next_expiry(self) -> datetime | None:
         return await read(self.db, records.next_expiry)
 
+    async def fire_due(self, worker: str, limit: int = 50) -> int:
+        """Fire the reminders and escalations that are due (the scheduler's job; see
+        `clearance.approvals.jobs`). Safe with several servers on one database: each timer is
+        claimed by one, and each firing is a compare-and-set change of the approval."""
+        now = self.clock()
+        due = await self.writer.run(lambda tx: jobs.claim(tx.conn, worker, now, limit))
+        for approval_id in due:
+            after: StoredApproval | None
+            try:
+                after = await self._change(
+                    approval_id, lambda a, at: workflow.remind_and_escalate(a, at), None
+                )
+            except ApprovalNotFound:
+                after = None
+            except ApprovalError:  # a conflict that kept losing: the lease runs out, retried
+                continue
+            await self.writer.run(_settle(after, approval_id, worker))
+        return len(due)
+
+    async def next_timer(self) -> datetime | None:
+        """When the next reminder or escalation is due, across all approvals."""
+        return await read(self.db, jobs.next_due)
+
     async def counts(self) -> dict[str, int]:
         return await read(self.db, records.count_by_state)
 
@@ -257,8 +335,12 @@ class ApprovalService:
         *,
         person: str | None = None,
         channel: str | None = None,
+        then: AfterChange | None = None,
+        prepare: Callable[[Connection, Approval, datetime], None] | None = None,
     ) -> StoredApproval:
-        """Load, apply the pure step, save with compare-and-set and audit — one transaction."""
+        """Load, apply the pure step, save with compare-and-set and audit — one transaction.
+        `prepare` runs first in the same transaction (verifying a vote's second factor) and
+        may refuse with `workflow.Rejected`, audited like the step's own refusals."""
         events: tuple[str, ...] = ()
 
         def work(tx: WriteTx) -> StoredApproval | _Refusal:
@@ -268,6 +350,8 @@ class ApprovalService:
             if stored is None:
                 return _Refusal(ApprovalNotFound(approval_id), None)
             try:
+                if prepare is not None:
+                    prepare(tx.conn, stored.approval, now)
                 transition = step(stored.approval, now)
             except workflow.Rejected as exc:
                 saved = stored
@@ -280,7 +364,10 @@ class ApprovalService:
             if not transition.changed:
                 return stored
             events = transition.kinds
-            return self._save(tx, stored, transition, now, person, channel)
+            saved = self._save(tx, stored, transition, now, person, channel)
+            if then is not None:
+                then(tx, saved, now)
+            return saved
 
         for attempt in range(self.MAX_RETRIES):
             try:
@@ -371,7 +458,17 @@ def _audit_kind(event: workflow.Event, approval: Approval) -> tuple[str, dict[st
             data.update(decision=vote.decision.value, comment=vote.comment)
             if vote.on_behalf_of:
                 data["on_behalf_of"] = vote.on_behalf_of
+                data["acting"] = f"{vote.person} for {vote.on_behalf_of}"
+            if vote.factor:  # which second factor the vote came with (never the code)
+                data["factor"] = vote.factor
+            if vote.geo:
+                data["approver_geo"] = vote.geo
         return Kind.VOTE, data
+    if kind in {"approval.reminded", "approval.escalated"}:
+        data.update(people=list(event.people), level=event.level)
+        if kind == "approval.escalated":
+            data["expires_at"] = approval.expires_at.isoformat()
+        return kind, data
     if kind in {"approval.approved", "approval.denied"}:
         data["reason"] = approval.decided_reason
         return Kind.APPROVAL_DECIDED, data
@@ -386,3 +483,17 @@ def _audit_kind(event: workflow.Event, approval: Approval) -> tuple[str, dict[st
         data.update(state=approval.execution_state, result=approval.execution_result)
         return Kind.EXECUTION_RESULT, data
     return kind, data
+
+
+def _schedule_timer(
+    tx: WriteTx, stored: StoredApproval, events: tuple[str, ...], now: datetime
+) -> None:
+    """Keep the approval's reminder/escalation timer in step, in the change's transaction."""
+    jobs.schedule(tx.conn, stored.approval)
+
+
+def _settle(
+    after: StoredApproval | None, approval_id: str, worker: str
+) -> Callable[[WriteTx], None]:
+    approval = after.approval if after is not None else None
+    return lambda tx: jobs.settle(tx.conn, approval, approval_id, worker)

@@ -23,7 +23,7 @@ from clearance.approvals.model import (
     Vote,
     VoteDecision,
 )
-from clearance.policy.model import ResolvedPlan
+from clearance.policy.model import ResolvedPlan, ResolvedStage
 
 RESULT_MAX_CHARS = 4000
 
@@ -38,15 +38,20 @@ class EventKind(enum.StrEnum):
     CANCELLED = "approval.cancelled"
     RELEASED = "approval.released"
     RESULT_RECORDED = "execution.recorded"
+    REMINDED = "approval.reminded"
+    ESCALATED = "approval.escalated"
 
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """Something that happened in a transition; `kind` compares equal to its string."""
+    """Something that happened in a transition; `kind` compares equal to its string.
+    `people` and `level`: whom a reminder or an escalation reached, and its number."""
 
     kind: EventKind
     person: str | None = None
     stage_index: int | None = None
+    people: tuple[str, ...] = ()
+    level: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,17 +132,33 @@ def open_approval(
 def cast_vote(approval: Approval, vote: Vote, now: datetime) -> Transition:
     """Record `vote` on the current stage.
 
-    Rejection codes: expired, already_decided, delegation_unsupported, self_approval,
+    Rejection codes: expired, already_decided, not_delegate, self_approval,
     already_voted, not_eligible, already_counted, reason_required, not_needed (the approval
     would fill no open slot), needed_later (the voter is needed for a later stage that nobody
-    else can fill). Repeating a recorded vote returns `changed=False`.
+    else can fill), mfa_required, context_required, context_mismatch (a stage's `mfa:` or
+    `require_context:`, see `_check_step_up`). Repeating a recorded vote returns `changed=False`.
+
+    Delegation: a delegate named in `approval.delegations` votes in the seat of the person who
+    named them, recorded as `on_behalf_of` (the caller cannot choose it: a claim that does not
+    match is refused, `not_delegate`). The delegator may still vote; the two count once,
+    whoever is first. A request past its deadline with `on_timeout: escalate` escalates
+    first, then the vote is taken on the escalated request (one change).
     """
     _check_aware(now)
+    if _is_due(approval, now):
+        deadline = _on_deadline(approval, now)
+        if deadline.approval.state is ApprovalState.EXPIRED:
+            raise VoteRejected("expired", _expired_message(approval), transition=deadline)
+        try:
+            taken = cast_vote(deadline.approval, vote, now)
+        except VoteRejected as exc:
+            raise VoteRejected(exc.code, exc.message, transition=deadline) from None
+        return Transition(
+            replace(taken.approval, version=approval.version + 1),
+            deadline.events + taken.events,
+        )
     person = vote.person
     decision = VoteDecision(vote.decision)
-    if _is_due(approval, now):
-        expired = _expire(approval)
-        raise VoteRejected("expired", _expired_message(approval), transition=expired)
     if approval.is_final:
         if any(v.person == person and v.decision is decision for v in approval.votes):
             return Transition(approval, changed=False)
@@ -147,14 +168,16 @@ def cast_vote(approval: Approval, vote: Vote, now: datetime) -> Transition:
 
     index = approval.stage_index
     label = approval.stage_label(index)
-    if vote.on_behalf_of is not None:
+    identity = approval.acting_as(person)
+    if vote.on_behalf_of is not None and vote.on_behalf_of != identity:
         raise VoteRejected(
-            "delegation_unsupported",
-            f"{person} cannot vote on behalf of {vote.on_behalf_of}: delegation is not "
-            "supported yet",
+            "not_delegate",
+            f"{person} does not stand in for {vote.on_behalf_of} on this request; a delegate "
+            "is named with `clearance users delegate` before the request is made",
         )
     if approval.requester is not None and person == approval.requester:
         raise VoteRejected("self_approval", f"{person} requested this action and cannot vote on it")
+    behalf = identity if identity is not None and identity != person else None
     earlier = next((v for v in approval.votes if v.person == person), None)
     if earlier is not None and earlier.stage_index == index:
         if earlier.decision is decision:
@@ -163,10 +186,19 @@ def cast_vote(approval: Approval, vote: Vote, now: datetime) -> Transition:
             "already_voted",
             f"{person} already voted {earlier.decision.value} on {label} and cannot change it",
         )
-    if person not in approval.stage_approvers(index):
+    if identity is None:
         raise VoteRejected(
             "not_eligible",
             f"{person} may not vote on {label}; who may vote: {_names(approval.open_voters())}",
+        )
+    seat = next((v for v in approval.votes if (v.on_behalf_of or v.person) == identity), None)
+    if earlier is None and seat is not None:
+        actor = f"{seat.person} for {identity}" if seat.on_behalf_of else identity
+        raise VoteRejected(
+            "already_counted",
+            f"{actor} already voted {seat.decision.value} on "
+            f"{approval.stage_label(seat.stage_index)}; a person and their delegate count "
+            f"once, so {label} needs someone else: {_names(approval.open_voters())}",
         )
     if earlier is not None:
         raise VoteRejected(
@@ -175,12 +207,15 @@ def cast_vote(approval: Approval, vote: Vote, now: datetime) -> Transition:
             f"person counts once per request across all stages, so {label} needs someone "
             f"else: {_names(approval.open_voters())}",
         )
+    _check_step_up(approval.plan.stages[index], vote, label)
 
     if decision is VoteDecision.DENY:
         reason = (vote.comment or "").strip()
         if not reason:
             raise VoteRejected("reason_required", "a denial needs a reason: say why in a comment")
-        recorded = replace(vote, decision=decision, stage_index=index, comment=reason)
+        recorded = replace(
+            vote, decision=decision, stage_index=index, comment=reason, on_behalf_of=behalf
+        )
         denied = _bump(
             approval,
             votes=(*approval.votes, recorded),
@@ -202,7 +237,7 @@ def cast_vote(approval: Approval, vote: Vote, now: datetime) -> Transition:
             f"{person}'s approval would not count: the requirements {person} can fill on "
             f"{label} are already met; {_waiting_on(approval)}",
         )
-    if approval.can_still_complete() and not approval.can_still_complete(person):
+    if approval.can_still_complete() and not approval.can_still_complete(identity):
         others = [p for p in approval.open_voters() if p != person]
         raise VoteRejected(
             "needed_later",
@@ -211,7 +246,7 @@ def cast_vote(approval: Approval, vote: Vote, now: datetime) -> Transition:
             f"per request); {label} may be approved by: {_names(others)}",
         )
 
-    recorded = replace(vote, decision=decision, stage_index=index)
+    recorded = replace(vote, decision=decision, stage_index=index, on_behalf_of=behalf)
     voted = replace(approval, votes=(*approval.votes, recorded))
     events = [Event(EventKind.VOTE_RECORDED, person, index)]
     changes: dict[str, Any] = {"votes": voted.votes}
@@ -231,23 +266,76 @@ def cast_vote(approval: Approval, vote: Vote, now: datetime) -> Transition:
     return Transition(_bump(approval, **changes), tuple(events))
 
 
+def _check_step_up(stage: ResolvedStage, vote: Vote, label: str) -> None:
+    """A stage's `mfa:` and `require_context:` against what the vote carries (approve and deny
+    alike: a vote without the proof does not count either way).
+
+    Codes: mfa_required (no fresh second factor of the stage's kind), context_required (the
+    approver's location is unknown), context_mismatch (it is not one the stage allows)."""
+    if stage.mfa is not None and not (
+        vote.factor is not None and (stage.mfa == "any" or stage.mfa == vote.factor)
+    ):
+        kind = {"totp": "an authenticator code", "webauthn": "a security key or passkey"}.get(
+            stage.mfa, "a second factor"
+        )
+        raise VoteRejected(
+            "mfa_required",
+            f"{label} requires a fresh second factor ({kind}): vote in the web inbox after "
+            "verifying it, or send the code with the vote",
+        )
+    for fact, allowed in stage.require_context:
+        if fact != "approver_geo":  # the loader admits no other fact: refuse what we cannot check
+            raise VoteRejected("context_required", f"{label} requires {fact}, which is unknown")
+        if vote.geo is None:
+            raise VoteRejected(
+                "context_required",
+                f"{label} may be approved only from {', '.join(allowed)}, and your location "
+                "is unknown (or changed since you signed in): vote from the web inbox",
+            )
+        if vote.geo not in allowed:
+            raise VoteRejected(
+                "context_mismatch",
+                f"{label} may be approved only from {', '.join(allowed)}, not {vote.geo}",
+            )
+
+
 # ---------------------------------------------------------------------------------------------
 # Other steps
 
 
 def expire(approval: Approval, now: datetime) -> Transition:
-    """A pending approval at or past `expires_at` becomes expired; anything else is unchanged."""
+    """A pending approval at or past `expires_at` becomes expired — or, when its stage says
+    `on_timeout: escalate` and a level is left, escalates and gets a new deadline; anything
+    else is unchanged."""
     _check_aware(now)
     if _is_due(approval, now):
-        return _expire(approval)
+        return _on_deadline(approval, now)
     return Transition(approval, changed=False)
+
+
+def remind_and_escalate(approval: Approval, now: datetime) -> Transition:
+    """Fire the reminders and escalation levels due at `now` (see `escalation.fire`); past
+    the deadline, what the deadline does (`expire`)."""
+    _check_aware(now)
+    if _is_due(approval, now):
+        return _on_deadline(approval, now)
+    from . import escalation
+
+    return escalation.fire(approval, now)
 
 
 def cancel(approval: Approval, now: datetime, reason: str) -> Transition:
     """Withdraw a pending approval. Cancelling a cancelled approval changes nothing."""
     _check_aware(now)
     if _is_due(approval, now):
-        raise Rejected("expired", _expired_message(approval), transition=_expire(approval))
+        deadline = _on_deadline(approval, now)
+        if deadline.approval.state is ApprovalState.EXPIRED:
+            raise Rejected("expired", _expired_message(approval), transition=deadline)
+        withdrawn = cancel(deadline.approval, now, reason)
+        return Transition(
+            replace(withdrawn.approval, version=approval.version + 1),
+            deadline.events + withdrawn.events,
+        )
     if approval.state is ApprovalState.CANCELLED:
         return Transition(approval, changed=False)
     if approval.is_final:
@@ -343,6 +431,14 @@ def _check_aware(now: datetime) -> None:
 
 def _is_due(approval: Approval, now: datetime) -> bool:
     return approval.state is ApprovalState.PENDING and now >= approval.expires_at
+
+
+def _on_deadline(approval: Approval, now: datetime) -> Transition:
+    """What a deadline does: escalate (`on_timeout: escalate`, a level left), else expire."""
+    from . import escalation
+
+    escalated = escalation.on_deadline(approval, now)
+    return escalated if escalated is not None else _expire(approval)
 
 
 def _expire(approval: Approval) -> Transition:

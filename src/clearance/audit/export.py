@@ -36,6 +36,7 @@ __all__ = [
     "entry_as_dict",
     "export_csv",
     "export_jsonl",
+    "export_overrides",
     "iter_entries",
     "verify_store",
 ]
@@ -240,3 +241,73 @@ def _checkpoint_anchors(rows: Any) -> tuple[list[Anchor], list[Problem]]:
             continue
         anchors.extend(Anchor(cid, h.seq, h.hash, source) for cid, h in heads.items())
     return anchors, problems
+
+
+# -- the overrides section ------------------------------------------------------------------------
+
+OVERRIDE_KINDS = (
+    "override.used",
+    "override.refused",
+    "override.reviewed",
+    "override.review_refused",
+)
+
+
+def export_overrides(
+    db: Database,
+    out: TextIO,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    chain_id: str | None = None,
+) -> int:
+    """The overrides section of the audit export, as JSON lines: one line per emergency
+    override (`"section": "override"`: who, why, the request, its review state, and the audit
+    entries that record it and its review), then one per refused override or review attempt
+    (`"section": "override_refused"`); `chain_id` limits the entries to one chain. Returns the
+    number of overrides."""
+    from clearance.override import list_records
+
+    with translate_errors(), db.sync_engine.connect() as conn:
+        records = list_records(conn, since=since, until=until, limit=None)
+        stmt = _select(since, until, chain_id).where(audit_entries.c.kind.in_(OVERRIDE_KINDS))
+        entries = list(conn.execute(stmt))
+    by_override: dict[str, list[dict[str, Any]]] = {}
+    refused: list[dict[str, Any]] = []
+    for row in entries:
+        entry = entry_as_dict(_entry(row))
+        override_id = entry["data"].get("override_id")
+        if entry["kind"] in ("override.used", "override.reviewed") and override_id:
+            by_override.setdefault(str(override_id), []).append(entry)
+        else:
+            refused.append(entry)
+    for record in records:
+        line = {
+            "section": "override",
+            "override": record.to_json(),
+            "entries": by_override.get(record.id, []),
+        }
+        out.write(canonical_json(line) + "\n")
+    for entry in refused:
+        out.write(canonical_json({"section": "override_refused", "entry": entry}) + "\n")
+    return len(records)
+
+
+def _entry(r: Any) -> AuditEntry:
+    return AuditEntry(
+        kind=r.kind,
+        ts=r.ts,
+        actor=r.actor,
+        approver=r.approver,
+        channel=r.channel,
+        action=r.action,
+        params_hash=r.params_hash,
+        effect=r.effect,
+        rule_ids=tuple(r.rule_ids),
+        policy_version=r.policy_version,
+        approval_id=r.approval_id,
+        data=r.data,
+        chain_id=r.chain_id,
+        seq=r.seq,
+        prev_hash=r.prev_hash,
+        hash=r.hash,
+    )

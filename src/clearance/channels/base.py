@@ -20,9 +20,12 @@ from ..directory import Person
 class ChannelError(Exception):
     """Sending or updating failed. `retry` says whether trying again may help."""
 
-    def __init__(self, message: str, *, retry: bool = True) -> None:
+    def __init__(self, message: str, *, retry: bool = True, uncertain: bool = False) -> None:
         super().__init__(message)
         self.retry = retry
+        # True when the platform may have accepted the call all the same (a timeout, a reset
+        # connection): the dispatcher then treats the attempt as possibly delivered.
+        self.uncertain = uncertain
 
 
 class CallbackRejected(Exception):
@@ -56,8 +59,15 @@ class Message:
     status_line: str  # "Approved by Alice Ng at 14:02 — stage 1 of 2", or "Waiting for …"
     approve_token: str | None = None  # opaque: names the request and recipient, grants nothing
     deny_token: str | None = None
+    # Set when the request may be approved always (a standing grant, clearance.grants).
+    always_token: str | None = None
     inbox_url: str = ""
     recipient: Person | None = None
+    # Set by the dispatcher on a request it sends: a stable id of this delivery (request,
+    # stage, person, channel) that platforms with an idempotency key or message metadata
+    # carry, and when an earlier attempt of the same delivery began (it may have arrived).
+    delivery_id: str = ""
+    earlier_attempt_at: datetime | None = None
 
     @property
     def open(self) -> bool:
@@ -95,7 +105,7 @@ class Interaction:
     user_id: str  # the platform's id of who clicked: mapped to a directory person
     token: str | None = None  # the opaque token of the button, when there is one
     approval_id: str | None = None  # from a text command (`/approve <id> …`)
-    decision: str | None = None  # approve | deny (from the button or the command)
+    decision: str | None = None  # approve | deny | always (from the button or the command)
     comment: str | None = None
     reply_ref: dict[str, Any] = field(default_factory=dict)  # where to answer, if anywhere
 
@@ -164,3 +174,19 @@ class Channel(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+class FindsSent(Protocol):
+    """A channel that can tell, after a crash, whether an earlier attempt of a delivery reached
+    the platform (Slack: the message's metadata carries `Message.delivery_id`)."""
+
+    async def find_sent(self, message: Message, address: str, since: datetime) -> Sent | None:
+        """The message sent for `message.delivery_id` since `since`, or None when there is none."""
+        ...
+
+
+# A channel whose platform drops a repeated send by itself sets a class attribute
+# `dedupes_sends_within` (seconds): Discord's enforced nonce holds for a few minutes, the
+# webhook receiver's `webhook-id` for good. A request re-sent after an attempt whose outcome
+# is unknown, later than that, carries this note.
+RESENT_NOTE = " (sent again after an interrupted attempt: if you got it twice, either copy works)"

@@ -6,8 +6,9 @@ base_url (default https://discord.com/api/v10), timeout (seconds, default 10)}`.
 - `send`: open the DM channel (`POST /users/@me/channels {recipient_id}`), then
   `POST /channels/{id}/messages` with an embed and one action row: Approve (style 3) and
   Deny (style 4) whose `custom_id` is `approve:<token>` / `deny:<token>` — the opaque token
-  only. A `nonce` derived from the request, the stage and the recipient, with
-  `enforce_nonce: true`, makes a retried send return the first message instead of a second.
+  only. The delivery id (request, stage, recipient) as `nonce`, with `enforce_nonce: true`,
+  makes a send retried within minutes (a lost answer, a crash before our commit) return the
+  first message instead of a second.
   `update` is `PATCH /channels/{channel_id}/messages/{message_id}`.
 - `/hooks/discord` (the Interactions Endpoint URL): `X-Signature-Ed25519` is checked over
   `X-Signature-Timestamp` + the raw body (PyNaCl), and timestamps older than 5 minutes are
@@ -18,6 +19,10 @@ base_url (default https://discord.com/api/v10), timeout (seconds, default 10)}`.
   embed and no buttons, or an ephemeral CHANNEL_MESSAGE_WITH_SOURCE (type 4, flags 64) with
   the refusal. The hub decides after `parse_callback` returns but acknowledges before the
   hook answers, so `acknowledge` fills in the reply `parse_callback` handed out.
+- The `/approve` slash command (APPLICATION_COMMAND, type 2; register it with string options
+  `id` (required), `decision` (choices approve / deny) and `reason`; `/deny` with `id` and
+  `reason` works too) is the text command of `textcommand`, answered with an ephemeral
+  message saying what happened; the sender is the interaction's verified user.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import httpx
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
+from . import textcommand
 from .base import (
     CallbackRejected,
     CallbackReply,
@@ -52,6 +58,7 @@ WINDOW_S = 5 * 60
 PING, APPLICATION_COMMAND, MESSAGE_COMPONENT, MODAL_SUBMIT = 1, 2, 3, 5
 PONG, CHANNEL_MESSAGE, DEFERRED_UPDATE, UPDATE_MESSAGE, MODAL = 1, 4, 6, 7, 9
 EPHEMERAL = 64
+OPTION_STRING = 3
 REASON_INPUT = "reason"
 NO_MENTIONS: dict[str, Any] = {"parse": []}
 COLORS = {"pending": 0x3B82F6, "approved": 0x16A34A, "denied": 0xDC2626, "blocked": 0xDC2626}
@@ -79,6 +86,9 @@ class _UnknownChannel(ChannelError):
 
 class DiscordChannel:
     """Approval requests as Discord DMs, decided with buttons (and a modal for reasons)."""
+
+    # Discord drops a message create whose enforced nonce it saw "in the past few minutes".
+    dedupes_sends_within = 120.0
 
     def __init__(self, settings: dict[str, Any], public_url: str) -> None:
         self.name = str(settings.get("name", "discord"))
@@ -170,8 +180,7 @@ class DiscordChannel:
         if kind == MODAL_SUBMIT:
             return self._modal_submit(data)
         if kind == APPLICATION_COMMAND:
-            text = "Use the Approve and Deny buttons on the request, or the web inbox."
-            return Parsed(reply=_reply(_ephemeral(text)))
+            return self._command(data)
         raise CallbackRejected(f"unsupported Discord interaction type {kind!r}", 400)
 
     def _verify(self, request: RawRequest) -> None:
@@ -193,11 +202,11 @@ class DiscordChannel:
     def _component(self, data: dict[str, Any]) -> Parsed:
         custom_id = str((data.get("data") or {}).get("custom_id") or "")
         kind, _, token = custom_id.partition(":")
-        if kind not in ("approve", "deny") or not token:
+        if kind not in ("approve", "deny", "always") or not token:
             raise CallbackRejected("unknown Discord component", 400)
         if kind == "deny":  # a denial needs a reason: ask for it first
             return Parsed(reply=_reply(reason_modal(token)))
-        return self._vote(data, token, "approve", None)
+        return self._vote(data, token, kind, None)  # approve, or always (a standing grant)
 
     def _modal_submit(self, data: dict[str, Any]) -> Parsed:
         submitted = data.get("data") or {}
@@ -214,17 +223,54 @@ class DiscordChannel:
         )
         return self._vote(data, token, "deny", reason or None)
 
+    def _command(self, data: dict[str, Any]) -> Parsed:
+        """The `/approve` (or `/deny`) slash command: options `id`, `decision`, `reason`,
+        checked exactly like the typed command; the sender is the interaction's user."""
+        command = data.get("data") or {}
+        name = str(command.get("name") or "") if isinstance(command, dict) else ""
+        if name not in ("approve", "deny"):
+            return Parsed(reply=_reply(_ephemeral(textcommand.USAGE)))
+        options = {
+            str(o.get("name")): str(o.get("value") or "").strip()
+            for o in command.get("options") or []
+            if isinstance(o, dict) and o.get("type") == OPTION_STRING
+        }
+        words = [f"/{name}", options.get("id", "")]
+        if name == "approve":
+            words.append(options.get("decision") or "approve")
+        words.append(options.get("reason", ""))
+        try:
+            parsed = textcommand.parse(" ".join(w for w in words if w))
+        except textcommand.CommandError as exc:
+            return Parsed(reply=_reply(_ephemeral(str(exc))))
+        if parsed is None:
+            return Parsed(reply=_reply(_ephemeral(textcommand.USAGE)))
+        interaction_id = str(data.get("id") or "")
+        if not interaction_id:
+            raise CallbackRejected("Discord interaction without an id", 400)
+        reply_key, reply = self._late_reply(_ephemeral("Working on it…"))
+        interaction = parsed.interaction(
+            event_id=interaction_id,
+            user_id=_user_id(data),
+            reply_ref={"reply_key": reply_key, "command": True},
+        )
+        return Parsed((interaction,), reply)
+
+    def _late_reply(self, first: Mapping[str, Any]) -> tuple[str, _LateReply]:
+        reply = _LateReply(body=json.dumps(first).encode())
+        reply_key = secrets.token_hex(8)  # one per delivery, even of a replayed interaction
+        self._replies[reply_key] = reply
+        while len(self._replies) > PENDING_REPLIES:
+            self._replies.popitem(last=False)
+        return reply_key, reply
+
     def _vote(self, data: dict[str, Any], token: str, decision: str, comment: str | None) -> Parsed:
         interaction_id = str(data.get("id") or "")
         user_id = _user_id(data)
         if not interaction_id:
             raise CallbackRejected("Discord interaction without an id", 400)
         message = data.get("message") or {}
-        reply = _LateReply(body=json.dumps({"type": DEFERRED_UPDATE}).encode())
-        reply_key = secrets.token_hex(8)  # one per delivery, even of a replayed interaction
-        self._replies[reply_key] = reply
-        while len(self._replies) > PENDING_REPLIES:
-            self._replies.popitem(last=False)
+        reply_key, reply = self._late_reply({"type": DEFERRED_UPDATE})
         interaction = Interaction(
             event_id=interaction_id,
             user_id=user_id,
@@ -244,7 +290,8 @@ class DiscordChannel:
         reply = self._replies.pop(str(outcome.interaction.reply_ref.get("reply_key")), None)
         if reply is None:
             return
-        if outcome.ok and outcome.message is not None:
+        command = bool(outcome.interaction.reply_ref.get("command"))
+        if outcome.ok and outcome.message is not None and not command:
             reply.settle({"type": UPDATE_MESSAGE, "data": render(outcome.message)})
         else:
             reply.settle(_ephemeral(outcome.text))
@@ -278,7 +325,10 @@ class DiscordChannel:
 
 # -- rendering ---------------------------------------------------------------------------------
 def nonce(message: Message, address: str) -> str:
-    """Stable for one request, stage and recipient: a retried send is not a second message."""
+    """Stable for one request, stage and recipient: a retried send is not a second message.
+    The dispatcher's delivery id (24 characters) when there is one."""
+    if message.delivery_id:
+        return message.delivery_id[:25]
     seed = f"{message.approval_id}:{message.stage.index}:{message.state}:{address}"
     return hashlib.sha256(seed.encode()).hexdigest()[:25]
 
@@ -341,6 +391,15 @@ def render(message: Message) -> dict[str, Any]:
             },
             {"type": 2, "style": 4, "label": "Deny", "custom_id": f"deny:{message.deny_token}"},
         ]
+        if message.always_token:
+            buttons.append(
+                {
+                    "type": 2,
+                    "style": 2,
+                    "label": "Approve always",
+                    "custom_id": f"always:{message.always_token}",
+                }
+            )
         if "url" in embed:
             buttons.append({"type": 2, "style": 5, "label": "Open in inbox", "url": embed["url"]})
         components.append({"type": 1, "components": buttons})

@@ -8,17 +8,25 @@
 
 A job is done (`sent_at`) only after the platform accepted it and the delivery is recorded in
 the same transaction, so a crash after the platform's answer but before our commit is the
-only window in which a message can go out twice; channels pass an idempotency key where the
-platform accepts one (Discord's nonce, Standard Webhooks' id, an email Message-ID).
+only window in which a message can go out twice. To close it where the platform allows, the
+dispatcher notes each attempt in the job (committed before the platform is called) and gives
+the channel a stable `Message.delivery_id`. A job found with an attempt whose outcome is
+unknown (a crash, a timeout) is recovered by platform: Discord sends it as an enforced nonce
+(a repeat returns the first message), the webhook as `webhook-id`; Slack attaches it as
+message metadata and `find_sent` looks it up in the conversation's history before posting
+again; Teams, Telegram, WhatsApp and email have neither, so the request is sent again with
+`RESENT_NOTE` in its status (both copies' buttons work; only the new one is kept updated).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import secrets
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,7 +39,7 @@ from ..audit.writer import WriteTx
 from ..gateway import Gateway
 from ..store.reads import read
 from . import deliveries, outbox, tokens
-from .base import Channel, ChannelError, Message, StageView
+from .base import RESENT_NOTE, Channel, ChannelError, Message, Sent, StageView
 from .message import build
 from .routing import Router
 
@@ -140,23 +148,88 @@ class Dispatcher:
                 expires_at=a.expires_at,
             )
         )
-        message = build(
-            stored, directory, public_url=self.public_url, recipient=person, token=token
+        attempt = job.payload.get("attempt") or {}
+        earlier = _when(attempt.get("at"))
+        message = replace(
+            build(stored, directory, public_url=self.public_url, recipient=person, token=token),
+            delivery_id=delivery_id(a.id, stage, person.id, channel_name),
+            earlier_attempt_at=earlier,
         )
+        recovered = False
+        if earlier is not None:
+            # An earlier attempt may have reached the platform (we crashed, or its answer was
+            # lost): where the platform can tell, look for it before sending again.
+            found, failed = await self._find_sent(channel, message, address, earlier)
+            if failed is not None and job.attempts + 1 < MAX_ATTEMPTS:
+                await self._retry(job, failed)
+                return  # (after that, send: a possible duplicate beats no request at all)
+            if found is not None:
+                await self._record_sent(job, stored, person.id, channel_name, stage, found, True)
+                return
+            recovered = bool(attempt.get("open"))
+            window = float(getattr(channel, "dedupes_sends_within", 0.0))
+            if recovered and (now - earlier).total_seconds() >= window:
+                message = replace(message, status_line=message.status_line + RESENT_NOTE)
+        # Note the attempt before calling the platform: a crash from here on leaves the job
+        # marked as possibly delivered, and its recovery looks before it sends again.
+        started = {"at": (earlier or now).isoformat(), "open": True}
+        payload = {**job.payload, "attempt": started}
+        await self.gateway.writer.run(lambda tx: outbox.set_payload(tx.conn, job.id, payload))
+        job = replace(job, payload=payload)
         try:
             sent = await channel.send(message, address)
         except ChannelError as exc:
+            # The platform answered (unless it timed out): this attempt did not deliver.
+            settled = {**payload, "attempt": {**started, "open": exc.uncertain}}
             await self._send_failed(
-                job, stored, person.id, channel_name, stage, str(exc), exc.retry
+                replace(job, payload=settled),
+                stored,
+                person.id,
+                channel_name,
+                stage,
+                str(exc),
+                exc.retry,
             )
             return
+        await self._record_sent(job, stored, person.id, channel_name, stage, sent, recovered)
+
+    async def _find_sent(
+        self, channel: Channel, message: Message, address: str, since: datetime
+    ) -> tuple[Sent | None, str | None]:
+        """(what the platform says was sent, None), or (None, an error worth retrying)."""
+        find = getattr(channel, "find_sent", None)
+        if not callable(find):
+            return None, None
+        try:
+            found = await find(message, address, since)
+        except ChannelError as exc:
+            if exc.retry:
+                return None, f"looking for an earlier attempt: {exc}"
+            log.warning("find_sent_failed", channel=channel.name, error=str(exc))
+            return None, None  # cannot look (a missing scope): send, marked as a re-send
+        return (found if isinstance(found, Sent) else None), None
+
+    async def _record_sent(
+        self,
+        job: outbox.Job,
+        stored: StoredApproval,
+        person: str,
+        channel_name: str,
+        stage: int,
+        sent: Sent,
+        recovered: bool,
+    ) -> None:
         done_at = self.gateway.clock()
+        route = int(job.payload.get("route", 0))
+        data: dict[str, Any] = {"stage": stage, "route": route}
+        if recovered:
+            data["after_interrupted_attempt"] = True
 
         def record(tx: WriteTx) -> None:
             deliveries.record(
                 tx.conn,
-                approval_id=a.id,
-                person=person.id,
+                approval_id=stored.approval.id,
+                person=person,
                 channel=channel_name,
                 stage_index=stage,
                 status="sent",
@@ -165,16 +238,7 @@ class Dispatcher:
                 attempts=job.attempts + 1,
             )
             outbox.complete(tx.conn, job.id, done_at)
-            tx.audit(
-                self._draft(
-                    "delivery.sent",
-                    stored,
-                    done_at,
-                    person.id,
-                    channel_name,
-                    {"stage": stage, "route": route},
-                )
-            )
+            tx.audit(self._draft("delivery.sent", stored, done_at, person, channel_name, data))
 
         await self.gateway.writer.run(record)
 
@@ -189,7 +253,7 @@ class Dispatcher:
         retry: bool,
     ) -> None:
         if retry and job.attempts + 1 < MAX_ATTEMPTS:
-            await self._retry(job, error)
+            await self._retry(job, error, job.payload)
             return
         now = self.gateway.clock()
         route = int(job.payload.get("route", 0))
@@ -301,7 +365,7 @@ class Dispatcher:
             await self._done(job)
             return
         channel_name, address = routes[route]
-        text = (
+        text = str(job.payload.get("text") or "") or (  # an override alert brings its own
             f"BLOCKED: {job.payload.get('action')} requested by "
             f"{job.payload.get('requester') or job.payload.get('agent') or 'an agent'}. "
             + " ".join(str(r) for r in job.payload.get("reasons", []))
@@ -325,6 +389,9 @@ class Dispatcher:
         except ChannelError as exc:
             if exc.retry and job.attempts + 1 < MAX_ATTEMPTS:
                 await self._retry(job, str(exc))
+                return
+            if job.payload.get("every_channel"):  # each channel has a job of its own
+                await self._done(job)
                 return
             now = self.gateway.clock()
 
@@ -363,10 +430,14 @@ class Dispatcher:
         now = self.gateway.clock()
         await self.gateway.writer.run(lambda tx: outbox.complete(tx.conn, job.id, now))
 
-    async def _retry(self, job: outbox.Job, error: str) -> None:
+    async def _retry(
+        self, job: outbox.Job, error: str, payload: dict[str, Any] | None = None
+    ) -> None:
         delay = BACKOFF_S[min(job.attempts, len(BACKOFF_S) - 1)]
         at = self.gateway.clock() + timedelta(seconds=delay)
-        await self.gateway.writer.run(lambda tx: outbox.retry_later(tx.conn, job.id, error, at))
+        await self.gateway.writer.run(
+            lambda tx: outbox.retry_later(tx.conn, job.id, error, at, payload)
+        )
 
     @staticmethod
     def _draft(
@@ -399,6 +470,21 @@ def _other_jobs(conn: Any, approval_id: str, job_id: int) -> bool:
 
 
 _NO_STAGE = StageView(0, "alert", 1)
+
+
+def delivery_id(approval_id: str, stage: int, person: str, channel: str) -> str:
+    """The stable id of one delivery (24 characters: fits Discord's 25-character nonce)."""
+    seed = f"{approval_id}\x00{stage}\x00{person}\x00{channel}"
+    return "d" + hashlib.sha256(seed.encode()).hexdigest()[:23]
+
+
+def _when(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
 
 
 def _text(value: object) -> str | None:

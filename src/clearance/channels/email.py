@@ -69,7 +69,7 @@ if TYPE_CHECKING:
     from ..gateway import Gateway
 
 TLS_MODES = {"none": 25, "starttls": 587, "tls": 465}
-DECISIONS = ("approve", "deny")
+DECISIONS = ("approve", "deny", "always")  # always: approve + a standing grant
 MAX_REASON = 4000
 MAX_VALUE = 500
 MAX_OUTCOMES = 2000
@@ -198,7 +198,7 @@ class EmailChannel:
     async def send(self, message: Message, address: str) -> Sent:
         person = message.recipient.id if message.recipient else address
         view = _View.of(message)
-        approve_url = deny_url = None
+        approve_url = deny_url = always_url = None
         if message.state == "blocked":
             kind, subject = "alert", f"Blocked: {view.action}"
             message_id = self._message_id(message.approval_id, person, "alert")
@@ -208,13 +208,18 @@ class EmailChannel:
             if message.open and message.approve_token:
                 approve_url = self._link(message.approve_token, "approve")
                 deny_url = self._link(message.deny_token or message.approve_token, "deny")
-        text = _request_text(view, kind, approve_url, deny_url, message.inbox_url)
+                if message.always_token:  # where the rule allows a standing grant
+                    always_url = self._link(message.always_token, "always")
+        text = _request_text(
+            view, kind, approve_url, deny_url, message.inbox_url, always_url=always_url
+        )
         html = _template("email_message.html").render(
             kind=kind,
             title=subject,
             view=view,
             approve_url=approve_url,
             deny_url=deny_url,
+            always_url=always_url,
             inbox_url=message.inbox_url,
         )
         mail = self._mail(address, subject, message_id, text, html)
@@ -419,7 +424,7 @@ class EmailChannel:
         if link.person is None or not a.pending_on(link.person.id):
             notice = "This request no longer needs your decision."
             return self._render(link, notice=notice, tone="warn"), 409
-        other = "deny" if decision == "approve" else "approve"
+        other = "approve" if decision == "deny" else "deny"
         form = {
             "decision": decision,
             "token": token,
@@ -431,7 +436,8 @@ class EmailChannel:
             "reason": "",
             "max_reason": MAX_REASON,
         }
-        return self._render(link, form=form, title=f"{decision.title()} request"), 200
+        title = "Approve always" if decision == "always" else f"{decision.title()} request"
+        return self._render(link, form=form, title=title), 200
 
     @staticmethod
     def _closed(link: _Link) -> tuple[str, str]:
@@ -528,7 +534,13 @@ def _reply(page: str, status: int) -> Parsed:
 
 
 def _request_text(
-    view: _View, kind: str, approve_url: str | None, deny_url: str | None, inbox_url: str
+    view: _View,
+    kind: str,
+    approve_url: str | None,
+    deny_url: str | None,
+    inbox_url: str,
+    *,
+    always_url: str | None = None,
 ) -> str:
     if kind == "alert":
         lines = [view.status]
@@ -545,6 +557,8 @@ def _request_text(
         if approve_url and deny_url:
             lines.append(f"Approve: {approve_url}")
             lines.append(f"Deny:    {deny_url}")
+            if always_url:
+                lines.append(f"Approve always (a standing grant): {always_url}")
             lines.append("")
             lines.append(
                 "Each link opens a page where you confirm; nothing is decided by opening it. "

@@ -11,6 +11,7 @@ import structlog
 from sqlalchemy import Connection, insert
 from sqlalchemy.exc import IntegrityError
 
+from .. import grants
 from ..approvals.service import ApprovalError
 from ..audit.entry import AuditDraft
 from ..gateway import Gateway
@@ -24,6 +25,8 @@ from .registry import load_channel
 from .routing import Router
 
 log = structlog.get_logger("clearance.channels")
+# Refusals of a vote that lacked a second factor or a location: answered with the inbox link.
+STEP_UP_CODES = frozenset({"mfa_required", "context_required", "context_mismatch"})
 
 
 class ChannelHub:
@@ -109,17 +112,30 @@ class ChannelHub:
                 name, f"unknown {name} user {interaction.user_id!r}", now, approval_id
             )
             return Outcome(interaction, False, "You are not in Clearance's directory.")
-        if not approval_id or interaction.decision not in ("approve", "deny"):
-            return Outcome(interaction, False, "Use: /approve <id> approve|deny [reason]")
+        if not approval_id or interaction.decision not in ("approve", "deny", "always"):
+            return Outcome(interaction, False, "Use: /approve <id> approve|deny|always [reason]")
         try:
-            stored = await self.gateway.approvals.decide(
-                approval_id,
-                person=person.id,
-                decision=interaction.decision,
-                comment=interaction.comment,
-                channel=name,
-            )
+            if interaction.decision == "always":  # approve, and grant the rule's scope
+                stored, _ = await grants.approve_always(
+                    self.gateway.approvals,
+                    self.gateway.policy,
+                    approval_id,
+                    person=person.id,
+                    comment=interaction.comment,
+                    channel=name,
+                )
+            else:
+                stored = await self.gateway.approvals.decide(
+                    approval_id,
+                    person=person.id,
+                    decision=interaction.decision,
+                    comment=interaction.comment,
+                    channel=name,
+                )
         except ApprovalError as exc:
+            if exc.code in STEP_UP_CODES:  # this channel cannot carry the proof: link the inbox
+                url = f"{self.public_url.rstrip('/')}/ui/approvals/{approval_id}"
+                return Outcome(interaction, False, f"{exc.message}. Vote here: {url}")
             return Outcome(interaction, False, exc.message)
         message = build(stored, directory, public_url=self.public_url, recipient=person)
         return Outcome(interaction, True, message.status_line, message)

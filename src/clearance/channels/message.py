@@ -24,6 +24,10 @@ def status_line(stored: StoredApproval, directory: Directory) -> str:
             )
         current = a.plan.stages[a.stage_index].name
         return f"Waiting for {current} (stage {a.stage_index + 1} of {count})"
+    if a.state is ApprovalState.APPROVED and not any(
+        v.decision.value == "approve" for v in a.votes
+    ):
+        return f"Approved: {a.decided_reason or 'approved'}"  # e.g. an emergency override
     if a.state is ApprovalState.APPROVED:
         names = ", ".join(
             directory.display_name(v.person) for v in a.votes if v.decision.value == "approve"
@@ -39,6 +43,15 @@ def status_line(stored: StoredApproval, directory: Directory) -> str:
     return f"Cancelled: {a.decided_reason or 'withdrawn'}"
 
 
+def step_up_note(stored: StoredApproval, inbox_url: str) -> str | None:
+    """For a stage with `mfa:` or `require_context:`: where to vote instead of here."""
+    stage = stored.approval.current_stage
+    if stage is None or (stage.mfa is None and not stage.require_context):
+        return None
+    needs = "requires second factor" if stage.mfa else "requires approving from an allowed place"
+    return f"Open in the inbox ({needs}): {inbox_url}"
+
+
 def build(
     stored: StoredApproval,
     directory: Directory,
@@ -52,11 +65,15 @@ def build(
     may_vote = (
         recipient is not None and a.state is ApprovalState.PENDING and a.pending_on(recipient.id)
     )
+    inbox_url = f"{public_url.rstrip('/')}/ui/approvals/{a.id}"
+    step_up = step_up_note(stored, inbox_url)
+    if step_up:  # a channel cannot carry a second factor: no buttons, a link to the inbox
+        may_vote = False
     return Message(
         approval_id=a.id,
         action=a.action,
         params=a.params,
-        reasons=stored.reasons,
+        reasons=(*stored.reasons, step_up) if step_up else stored.reasons,
         requester=directory.display_name(a.requester) if a.requester else None,
         agent=stored.agent,
         stage=StageView(index, a.plan.stages[index].name, len(a.plan.stages)),
@@ -65,6 +82,7 @@ def build(
         status_line=status_line(stored, directory),
         approve_token=token if may_vote else None,
         deny_token=token if may_vote else None,
-        inbox_url=f"{public_url.rstrip('/')}/ui/approvals/{a.id}",
+        always_token=token if may_vote and stored.decision.get("grant_offer") else None,
+        inbox_url=inbox_url,
         recipient=recipient,
     )

@@ -88,18 +88,28 @@ def complete(conn: Connection, job_id: int, now: datetime) -> None:
     conn.execute(update(outbox).where(outbox.c.id == job_id).values(sent_at=now, locked_until=None))
 
 
-def retry_later(conn: Connection, job_id: int, error: str, at: datetime) -> None:
-    conn.execute(
-        update(outbox)
-        .where(outbox.c.id == job_id)
-        .values(
-            attempts=outbox.c.attempts + 1,
-            available_at=at,
-            locked_by=None,
-            locked_until=None,
-            last_error=error[:2000],
-        )
-    )
+def retry_later(
+    conn: Connection,
+    job_id: int,
+    error: str,
+    at: datetime,
+    payload: dict[str, Any] | None = None,
+) -> None:
+    values: dict[str, Any] = {
+        "attempts": outbox.c.attempts + 1,
+        "available_at": at,
+        "locked_by": None,
+        "locked_until": None,
+        "last_error": error[:2000],
+    }
+    if payload is not None:
+        values["payload"] = payload
+    conn.execute(update(outbox).where(outbox.c.id == job_id).values(**values))
+
+
+def set_payload(conn: Connection, job_id: int, payload: dict[str, Any]) -> None:
+    """Replace a job's payload (the dispatcher notes an attempt in it before sending)."""
+    conn.execute(update(outbox).where(outbox.c.id == job_id).values(payload=payload))
 
 
 def next_due(conn: Connection) -> datetime | None:

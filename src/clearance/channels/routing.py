@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
+from ..approvals import escalation
 from ..approvals.records import StoredApproval
 from ..audit.writer import WriteTx
 from ..directory import Directory, Person
@@ -25,6 +26,9 @@ CHANGE_EVENTS = frozenset(
         "approval.cancelled",
     }
 )
+
+
+ROUTING_EVENTS = frozenset({"approval.reminded", "approval.escalated"})
 
 
 class Router:
@@ -59,16 +63,39 @@ class Router:
                     recipient=person,
                     payload={"stage": a.stage_index, "route": 0},
                 )
+        elif a.state.value == "pending" and (ROUTING_EVENTS & set(events)):
+            # a reminder or an escalation: its people again (see clearance.approvals.escalation)
+            for person in escalation.to_notify(a, now):
+                outbox.enqueue(
+                    tx.conn,
+                    kind="notify",
+                    now=now,
+                    approval_id=a.id,
+                    recipient=person,
+                    payload={"stage": a.stage_index, "route": 0},
+                )
         if CHANGE_EVENTS & set(events):
             outbox.enqueue(tx.conn, kind="update", now=now, approval_id=a.id)
 
     def alert(
         self, tx: WriteTx, people: Sequence[str], payload: dict[str, object], now: datetime
     ) -> None:
-        """Queue a security alert (a blocked action) to each person."""
+        """Queue a security alert (a blocked action) to each person: on their first channel that
+        works, or with `every_channel` in the payload (an emergency override) on every one."""
         if not self.configured:
             return
         for person in people:
+            if payload.get("every_channel"):
+                found = self._directory().get(person)
+                for i in range(len(self.routes(found)) if found else 0):
+                    outbox.enqueue(
+                        tx.conn,
+                        kind="alert",
+                        now=now,
+                        recipient=person,
+                        payload={**payload, "route": i},
+                    )
+                continue
             outbox.enqueue(
                 tx.conn, kind="alert", now=now, recipient=person, payload={**payload, "route": 0}
             )

@@ -14,6 +14,16 @@ Settings: `{bot_token, signing_secret, base_url (default https://slack.com/api/)
   `view_submission` is the vote with its reason — Slack buttons cannot carry text.
 - `acknowledge`: the clicked DM is refreshed at once (`chat.update`); a refused click gets a
   `chat.postEphemeral` only the clicker sees.
+- The `/approve` slash command (Request URL: the same `/hooks/slack`; `/deny` too): the
+  form-encoded command, after the same signature check, is the text command of `textcommand`
+  sent by the verified `user_id` (event id: its `trigger_id`); the answer to its request is
+  an ephemeral message saying what happened.
+- No duplicate after a crash: each request carries message `metadata` (`event_type`
+  `clearance_approval_request`, the dispatcher's `delivery_id` in `event_payload`). When an
+  earlier attempt may have reached Slack, `find_sent` opens the DM (`conversations.open`) and
+  reads `conversations.history` since that attempt with `include_all_metadata`; a message
+  with this delivery id is recorded instead of posting a second one (scopes `im:write`,
+  `im:history`; `channels:history` with `channel`).
 
 The official SDK's `WebClient` is used from a worker thread: `AsyncWebClient` needs aiohttp,
 which Clearance does not depend on. Retries are the dispatcher's, so the SDK retries nothing.
@@ -22,11 +32,13 @@ which Clearance does not depend on. Retries are the dispatcher's, so the SDK ret
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import http.client
 import json
 from collections.abc import Mapping
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -34,8 +46,10 @@ import structlog
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 
+from . import textcommand
 from .base import (
     CallbackRejected,
+    CallbackReply,
     ChannelError,
     Interaction,
     Message,
@@ -51,12 +65,16 @@ DEFAULT_BASE_URL = "https://slack.com/api/"
 WINDOW_S = 5 * 60
 APPROVE = "clearance_approve"
 DENY = "clearance_deny"
+ALWAYS = "clearance_always"  # approve, and grant the rule's scope (clearance.grants)
 OPEN = "clearance_open"
 ACTIONS_BLOCK = "clearance_actions"
 DENY_VIEW = "clearance_deny_reason"
 REASON_BLOCK = "reason"
 REASON_ACTION = "reason"
 MAX_PARAM_FIELDS = 30  # three sections of ten fields
+METADATA_EVENT = "clearance_approval_request"
+HISTORY_MARGIN = timedelta(minutes=5)  # our clock and Slack's may disagree a little
+HISTORY_PAGES = 5
 RETRYABLE_ERRORS = frozenset(
     {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
 )
@@ -89,6 +107,15 @@ class SlackChannel:
     # -- sending -------------------------------------------------------------------------------
     async def send(self, message: Message, address: str) -> Sent:
         mention = address if self.channel else None
+        extra: dict[str, Any] = {}
+        if message.delivery_id:  # lets `find_sent` recognise this message after a crash
+            extra["metadata"] = {
+                "event_type": METADATA_EVENT,
+                "event_payload": {
+                    "delivery_id": message.delivery_id,
+                    "approval_id": message.approval_id,
+                },
+            }
         data = await self._call(
             "chat.postMessage",
             channel=self.channel or address,
@@ -96,9 +123,49 @@ class SlackChannel:
             blocks=render_blocks(message, mention=mention),
             unfurl_links=False,
             unfurl_media=False,
+            **extra,
         )
         ref = {"channel": str(data["channel"]), "ts": str(data["ts"])}
         return Sent(ref, {"ok": True, **ref})
+
+    async def find_sent(self, message: Message, address: str, since: datetime) -> Sent | None:
+        """The message an earlier attempt of this delivery posted, found by its metadata in
+        the conversation's history since `since` (less a margin for clock skew), or None.
+        Needs the `im:history` and `im:write` scopes (`channels:history` with `channel`)."""
+        if not message.delivery_id:
+            return None
+        channel = self.channel
+        if channel is None:
+            opened = await self._call("conversations.open", form=True, users=address)
+            channel = str((opened.get("channel") or {}).get("id") or "")
+            if not channel:
+                raise ChannelError(f"{self.name} conversations.open: no channel", retry=True)
+        oldest = f"{(since - HISTORY_MARGIN).timestamp():.6f}"
+        cursor = ""
+        for _ in range(HISTORY_PAGES):
+            args: dict[str, Any] = {
+                "channel": channel,
+                "oldest": oldest,
+                "include_all_metadata": "true",
+                "limit": 200,
+            }
+            if cursor:
+                args["cursor"] = cursor
+            data = await self._call("conversations.history", form=True, **args)
+            for item in data.get("messages") or []:
+                metadata = item.get("metadata") or {}
+                payload = metadata.get("event_payload") or {}
+                if (
+                    metadata.get("event_type") == METADATA_EVENT
+                    and payload.get("delivery_id") == message.delivery_id
+                    and item.get("ts")
+                ):
+                    ref = {"channel": channel, "ts": str(item["ts"])}
+                    return Sent(ref, {"ok": True, "found": True, **ref})
+            cursor = str((data.get("response_metadata") or {}).get("next_cursor") or "")
+            if not data.get("has_more") or not cursor:
+                return None
+        return None
 
     async def update(self, ref: Mapping[str, Any], message: Message) -> None:
         channel, ts = ref.get("channel"), ref.get("ts")
@@ -121,7 +188,10 @@ class SlackChannel:
     # -- callbacks -----------------------------------------------------------------------------
     async def parse_callback(self, request: RawRequest) -> Parsed:
         self._verify(request)  # nothing is parsed before this
-        payload = _payload(request.body)
+        form = _form(request.body)
+        if "payload" not in form and "command" in form:
+            return self._slash_command(form)
+        payload = _payload(form)
         kind = payload.get("type")
         if kind == "block_actions":
             return await self._block_actions(payload)
@@ -155,17 +225,17 @@ class SlackChannel:
         for action in payload.get("actions") or []:
             action_id = action.get("action_id")
             token = action.get("value")
-            if action_id not in (APPROVE, DENY) or not isinstance(token, str) or not token:
+            if action_id not in (APPROVE, DENY, ALWAYS) or not isinstance(token, str) or not token:
                 continue  # the inbox link button also reports its clicks: nothing to do
             if not trigger_id:
                 raise CallbackRejected("Slack block_actions without trigger_id", 400)
-            if action_id == APPROVE:
+            if action_id in (APPROVE, ALWAYS):
                 interactions.append(
                     Interaction(
                         event_id=f"{trigger_id}:{action.get('action_ts', '')}",
                         user_id=user_id,
                         token=token,
-                        decision="approve",
+                        decision="approve" if action_id == APPROVE else "always",
                         reply_ref=ref,
                     )
                 )
@@ -212,8 +282,29 @@ class SlackChannel:
         )
         return Parsed((interaction,))  # an empty 200 closes the modal
 
-    async def acknowledge(self, outcome: Outcome) -> None:
+    def _slash_command(self, form: Mapping[str, str]) -> Parsed:
+        """`/approve <id> [approve|deny] [reason]` (or `/deny <id> <reason>`) typed in Slack:
+        the sender is Slack's verified `user_id`; the event id is the command's trigger."""
+        user_id, trigger_id = form.get("user_id", ""), form.get("trigger_id", "")
+        if not user_id or not trigger_id:
+            raise CallbackRejected("Slack slash command without user_id or trigger_id", 400)
+        try:
+            command = textcommand.parse(f"{form.get('command', '')} {form.get('text', '')}")
+        except textcommand.CommandError as exc:
+            return Parsed(reply=_command_reply(str(exc)))
+        if command is None:
+            return Parsed(reply=_command_reply(textcommand.USAGE))
+        interaction = command.interaction(
+            event_id=f"command:{trigger_id}",
+            user_id=user_id,
+            reply_ref={"command": True, "channel": form.get("channel_id"), "user": user_id},
+        )
+        return Parsed((interaction,), _command_reply("Working on it…"))
+
+    async def acknowledge(self, outcome: Outcome) -> CallbackReply | None:
         ref = outcome.interaction.reply_ref
+        if ref.get("command"):  # a slash command: the answer to its request says it all
+            return _command_reply(outcome.text)
         channel, ts, user = ref.get("channel"), ref.get("ts"), ref.get("user")
         if outcome.ok and outcome.message is not None and channel and ts and not self.channel:
             # The clicker's own DM: show the new state (and drop their buttons) right away.
@@ -224,30 +315,39 @@ class SlackChannel:
                 text=fallback_text(outcome.message),
                 blocks=render_blocks(outcome.message),
             )
-            return
+            return None
         if channel and user:
             await self._call(
                 "chat.postEphemeral", channel=str(channel), user=str(user), text=outcome.text
             )
+        return None
 
     async def aclose(self) -> None:
         return None
 
     # -- the SDK boundary ----------------------------------------------------------------------
-    async def _call(self, method: str, **args: Any) -> dict[str, Any]:
-        """One Web API call through the SDK, its errors translated into ChannelError."""
+    async def _call(self, method: str, *, form: bool = False, **args: Any) -> dict[str, Any]:
+        """One Web API call through the SDK, its errors translated into ChannelError. `form`:
+        the arguments form-encoded (the read methods do not take JSON bodies)."""
+        call = functools.partial(
+            self.client.api_call, method, data=args if form else None, json=None if form else args
+        )
         try:
-            response = await asyncio.to_thread(self.client.api_call, method, json=args)
+            response = await asyncio.to_thread(call)
         except SlackApiError as exc:
             status = int(exc.response.status_code)
             error = exc.response.get("error") if isinstance(exc.response.data, dict) else None
             retry = status == 429 or status >= 500 or error in RETRYABLE_ERRORS
             detail = str(error) if error and status < 500 else f"HTTP {status}"
-            raise ChannelError(f"{self.name} {method}: {detail}", retry=retry) from None
+            raise ChannelError(
+                f"{self.name} {method}: {detail}", retry=retry, uncertain=status >= 500
+            ) from None
         except SlackClientError as exc:
             raise ChannelError(f"{self.name} {method}: {type(exc).__name__}", retry=False) from None
         except (OSError, http.client.HTTPException) as exc:  # timeouts, refused, reset
-            raise ChannelError(f"{self.name} {method}: {type(exc).__name__}", retry=True) from None
+            raise ChannelError(
+                f"{self.name} {method}: {type(exc).__name__}", retry=True, uncertain=True
+            ) from None
         data = response.data
         if not isinstance(data, dict):
             raise ChannelError(f"{self.name} {method}: unexpected response", retry=True)
@@ -314,6 +414,11 @@ def render_blocks(message: Message, *, mention: str | None = None) -> list[dict[
                 "elements": [
                     _button("Approve", APPROVE, value=message.approve_token, style="primary"),
                     _button("Deny", DENY, value=message.deny_token, style="danger"),
+                    *(
+                        [_button("Approve always", ALWAYS, value=message.always_token)]
+                        if message.always_token
+                        else []
+                    ),
                     _button("Open in inbox", OPEN, url=message.inbox_url),
                 ],
             }
@@ -397,11 +502,24 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _payload(body: bytes) -> dict[str, Any]:
+def _form(body: bytes) -> dict[str, str]:
     try:
-        form = parse_qs(body.decode("utf-8"), keep_blank_values=True)
-        payload = json.loads(form["payload"][0])
-    except (UnicodeDecodeError, KeyError, IndexError, ValueError):
+        form = parse_qs(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body))
+    except (UnicodeDecodeError, ValueError):
+        raise CallbackRejected("malformed Slack request body", 400) from None
+    return {key: values[-1] for key, values in form.items()}
+
+
+def _command_reply(text: str) -> CallbackReply:
+    """The answer to a slash command's request: a message only the sender sees."""
+    body = {"response_type": "ephemeral", "text": _clip(text, 3000)}
+    return CallbackReply(body=json.dumps(body).encode())
+
+
+def _payload(form: Mapping[str, str]) -> dict[str, Any]:
+    try:
+        payload = json.loads(form["payload"])
+    except (KeyError, ValueError):
         raise CallbackRejected("malformed Slack interaction payload", 400) from None
     if not isinstance(payload, dict):
         raise CallbackRejected("malformed Slack interaction payload", 400)

@@ -30,7 +30,9 @@ with a link to the web inbox as its only action: nothing can be decided through 
 cannot be edited later.
 
 Callbacks (`/hooks/teams`): the Bot Framework JWT is verified (see `teams_auth`) before the
-activity is parsed. An `adaptiveCard/action` invoke is answered with the refreshed card (or a
+activity is parsed. A message whose text is `/approve <id> [approve|deny] [reason]` (or
+`/deny <id> <reason>`) is a text command (`textcommand`), answered with a text reply.
+An `adaptiveCard/action` invoke is answered with the refreshed card (or a
 message when the click did not count); an `Action.Submit` message is answered 200 and the
 card is then replaced through the Bot Connector. The clicker is `from.aadObjectId` (or
 `from.id`), mapped through `channels.teams` in the directory.
@@ -41,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -48,6 +51,7 @@ from urllib.parse import quote
 
 import httpx
 
+from . import textcommand
 from .base import (
     CallbackRejected,
     CallbackReply,
@@ -71,6 +75,7 @@ REASON_INPUT = "reason"
 TOKEN_MARGIN_S = 300.0
 MAX_VALUE_CHARS = 500
 MAX_FACTS = 40
+_MENTION = re.compile(r"<at>[^<]*</at>")  # "<at>Clearance</at> /approve …" in a group chat
 
 
 class TeamsChannel:
@@ -213,7 +218,9 @@ class TeamsChannel:
                     method, url, json=body, headers={"Authorization": f"Bearer {token}"}
                 )
             except httpx.TimeoutException:
-                raise ChannelError(f"{self.name}: the Bot Connector timed out") from None
+                raise ChannelError(
+                    f"{self.name}: the Bot Connector timed out", uncertain=True
+                ) from None
             except httpx.HTTPError as exc:
                 raise ChannelError(f"{self.name}: Bot Connector: {type(exc).__name__}") from None
             if response.status_code != 401:
@@ -280,7 +287,35 @@ class TeamsChannel:
             return self._parse_execute(activity)
         if kind == "message" and isinstance(activity.get("value"), dict):
             return self._parse_submit(activity)
-        return Parsed()  # conversation updates, typed messages: nothing to decide
+        if kind == "message" and isinstance(activity.get("text"), str):
+            return await self._parse_text(activity)
+        return Parsed()  # conversation updates, other messages: nothing to decide
+
+    async def _parse_text(self, activity: dict[str, Any]) -> Parsed:
+        """`/approve <id> [approve|deny] [reason]` typed to the bot (a mention of the bot in
+        front is dropped); the sender is the activity's verified `from`."""
+        text = _MENTION.sub("", str(activity["text"])).strip()
+        conversation = activity.get("conversation")
+        conversation_id = conversation.get("id") if isinstance(conversation, dict) else None
+        ref = {
+            "kind": "text",
+            "service_url": activity["serviceUrl"],
+            "conversation_id": conversation_id,
+            "reply_to": activity.get("id"),
+        }
+        try:
+            command = textcommand.parse(text)
+        except textcommand.CommandError as exc:
+            await self._reply_text(ref, str(exc))
+            return Parsed()
+        if command is None:
+            if text.startswith("/"):
+                await self._reply_text(ref, textcommand.USAGE)
+            return Parsed()
+        interaction = command.interaction(
+            event_id=_event_id(activity), user_id=_user(activity), reply_ref=ref
+        )
+        return Parsed((interaction,))
 
     def _parse_execute(self, activity: dict[str, Any]) -> Parsed:
         value = activity.get("value")
@@ -291,7 +326,7 @@ class TeamsChannel:
         data = action.get("data")
         data = data if isinstance(data, dict) else {}
         token = data.get("token")
-        if verb not in ("approve", "deny") or not isinstance(token, str) or not token:
+        if verb not in VERBS or not isinstance(token, str) or not token:
             body = _invoke_body(
                 400,
                 ERROR_RESPONSE_TYPE,
@@ -314,7 +349,7 @@ class TeamsChannel:
         data: dict[str, Any] = activity["value"]
         verb = data.get("verb")
         token = data.get("token")
-        if verb not in ("approve", "deny") or not isinstance(token, str) or not token:
+        if verb not in VERBS or not isinstance(token, str) or not token:
             return Parsed()  # some other card's submit: not ours
         conversation = activity.get("conversation")
         conversation_id = conversation.get("id") if isinstance(conversation, dict) else None
@@ -344,28 +379,45 @@ class TeamsChannel:
             else:
                 body = _invoke_body(200, MESSAGE_RESPONSE_TYPE, outcome.text)
             return CallbackReply(body=body)
-        if ref.get("kind") != "submit" or not isinstance(ref.get("conversation_id"), str):
+        if ref.get("kind") not in ("submit", "text"):
             return None
+        reply_to = ref.get("reply_to")
+        if (
+            ref.get("kind") == "submit"
+            and outcome.ok
+            and outcome.message is not None
+            and isinstance(reply_to, str)
+            and reply_to
+            and isinstance(ref.get("conversation_id"), str)
+        ):
+            await self._put_card(
+                str(ref["service_url"]),
+                str(ref["conversation_id"]),
+                reply_to,
+                build_card(outcome.message),
+            )
+            return None
+        await self._reply_text(ref, outcome.text)
+        return None
+
+    async def _reply_text(self, ref: Mapping[str, Any], text: str) -> None:
+        """A plain-text answer in the conversation `ref` names (after a submit or a command)."""
+        if not isinstance(ref.get("conversation_id"), str):
+            return
         service_url = str(ref["service_url"])
         conversation_id = str(ref["conversation_id"])
         reply_to = ref.get("reply_to")
-        if outcome.ok and outcome.message is not None and isinstance(reply_to, str) and reply_to:
-            await self._put_card(
-                service_url, conversation_id, reply_to, build_card(outcome.message)
-            )
-            return None
         reply: dict[str, Any] = {
             "type": "message",
             "from": {"id": self.bot_id},
             "conversation": {"id": conversation_id},
-            "text": outcome.text,
+            "text": text,
             "textFormat": "plain",
         }
         if isinstance(reply_to, str) and reply_to:
             reply["replyToId"] = reply_to
         url = f"{service_url.rstrip('/')}/v3/conversations/{_seg(conversation_id)}/activities"
         await self._connector("POST", url, reply)
-        return None
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -389,6 +441,8 @@ def build_card(message: Message) -> dict[str, Any]:
         )
         actions.append(_execute("approve", "Approve", message.approve_token, "positive"))
         actions.append(_execute("deny", "Deny", message.deny_token, "destructive"))
+        if message.always_token:  # a standing grant, where the rule allows it
+            actions.append(_execute("always", "Approve always", message.always_token, "default"))
     if message.inbox_url:
         actions.append(
             {"type": "Action.OpenUrl", "title": "Open in Clearance", "url": message.inbox_url}
@@ -462,6 +516,9 @@ def _summary(message: Message) -> list[dict[str, Any]]:
 
 def _text(text: str, **style: str) -> dict[str, Any]:
     return {"type": "TextBlock", "text": _md(_clip(text)), "wrap": True, **style}
+
+
+VERBS = ("approve", "deny", "always")  # always: approve, and grant the rule's scope
 
 
 def _execute(verb: str, title: str, token: str, style: str) -> dict[str, Any]:

@@ -67,6 +67,7 @@ from telegram.error import (
     InvalidToken,
     RetryAfter,
     TelegramError,
+    TimedOut,
 )
 from telegram.request import HTTPXRequest
 
@@ -191,16 +192,18 @@ class TelegramChannel:
         if not message.open or not message.approve_token or not message.deny_token:
             return None
         approve, deny = f"a:{message.approve_token}", f"d:{message.deny_token}"
-        if max(len(approve.encode()), len(deny.encode())) > CALLBACK_DATA_LIMIT:
+        always = f"A:{message.always_token}" if message.always_token else ""
+        if max(len(approve.encode()), len(deny.encode()), len(always)) > CALLBACK_DATA_LIMIT:
             raise ChannelError("telegram: button token too long for callback_data", retry=False)
-        return InlineKeyboardMarkup(
+        rows = [
             [
-                [
-                    InlineKeyboardButton("✅ Approve", callback_data=approve),
-                    InlineKeyboardButton("❌ Deny", callback_data=deny),
-                ]
+                InlineKeyboardButton("✅ Approve", callback_data=approve),
+                InlineKeyboardButton("❌ Deny", callback_data=deny),
             ]
-        )
+        ]
+        if always:  # "approve always": a standing grant, where the rule allows it
+            rows.append([InlineKeyboardButton("♾ Approve always", callback_data=always)])
+        return InlineKeyboardMarkup(rows)
 
     # -- callbacks -----------------------------------------------------------------------------
     async def parse_callback(self, request: RawRequest) -> Parsed:
@@ -242,12 +245,12 @@ class TelegramChannel:
         if chat_id is not None and isinstance(message_id, int):
             reply_ref.update(chat_id=chat_id, message_id=message_id)
         kind, _, token = data.partition(":") if isinstance(data, str) else ("", "", "")
-        if kind == "a" and token:
+        if kind in ("a", "A") and token:
             return Interaction(
                 event_id=event_id,
                 user_id=user_id,
                 token=token,
-                decision="approve",
+                decision="approve" if kind == "a" else "always",
                 reply_ref=reply_ref,
             )
         if not self._fresh(event_id):
@@ -479,7 +482,8 @@ class TelegramChannel:
         if isinstance(exc, RetryAfter):
             retry = True
         detail = self._scrub(exc.message)
-        return ChannelError(f"telegram {method} failed: {detail}", retry=retry)
+        uncertain = isinstance(exc, TimedOut)  # the request may have been carried out
+        return ChannelError(f"telegram {method} failed: {detail}", retry=retry, uncertain=uncertain)
 
 
 def render(message: Message) -> str:

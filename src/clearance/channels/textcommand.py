@@ -1,4 +1,4 @@
-"""The text fallback for chat channels: `/approve <id> [approve|deny] [reason…]` and
+"""The text fallback for chat channels: `/approve <id> [approve|deny|always] [reason…]` and
 `/deny <id> <reason…>`, typed by an approver instead of clicking a button.
 
 A command names the request by its id; who sent it is the platform's verified sender (the
@@ -23,6 +23,8 @@ USAGE = (
     "To decide a request by text:\n"
     "/approve <request id> — approve it\n"
     "/approve <request id> approve <comment> — approve with a comment\n"
+    "/approve <request id> always [comment] — approve, and allow the same again (where the "
+    "rule permits standing grants)\n"
     "/approve <request id> deny <reason> — deny it\n"
     "/deny <request id> <reason> — deny it (a denial needs a reason)"
 )
@@ -38,7 +40,7 @@ class CommandError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Command:
     approval_id: str
-    decision: str  # approve | deny
+    decision: str  # approve | deny | always (approve + a standing grant)
     comment: str | None = None
 
     def interaction(
@@ -80,7 +82,7 @@ def parse(text: str, *, bot_username: str | None = None) -> Command | None:
         decision, comment = _approve_tail(rest)
     else:
         first = rest.split(maxsplit=1)[0].lower() if rest else ""
-        if first == "approve":
+        if first in ("approve", "always"):
             raise CommandError(f"/deny denies; to approve send /approve {approval_id}")
         decision, comment = "deny", rest
     if decision == "deny" and not comment:
@@ -98,9 +100,10 @@ def _approve_tail(rest: str) -> tuple[str, str]:
         return "approve", ""
     parts = rest.split(maxsplit=1)
     word = parts[0].lower()
-    if word not in ("approve", "deny"):
+    if word not in ("approve", "deny", "always"):
         raise CommandError(
-            f"After the request id say approve or deny, not {_quote(parts[0])}: for example "
+            f"After the request id say approve or deny (or always), not {_quote(parts[0])}: "
+            f"for example "
             f"/approve <id> approve <comment>.\n\n{USAGE}"
         )
     return word, parts[1].strip() if len(parts) > 1 else ""

@@ -12,14 +12,16 @@ Settings: `{url, secret, timeout}`.
 Outbound events (one per recipient; the receiver shows the request to `recipient`):
 `{"type": "approval.requested" | "approval.updated", "approval_id", "action", "params",
 "reasons", "stage": {"index", "name", "count"}, "expires_at", "status", "state",
-"approve_token", "decide_url", "recipient", "inbox_url"}`; a blocked action is sent as
-`"type": "action.blocked"`, and the result of an inbound decision as `"decision.result"`.
+"approve_token", "decide_url", "always_allowed", "recipient", "inbox_url"}`; a blocked
+action is sent as `"type": "action.blocked"`, and the result of an inbound decision as
+`"decision.result"`.
 The `webhook-id` is derived from (approval, person, stage, kind) — and, for an update, the
 state it reports — so a send retried by the dispatcher carries the same id and the receiver
 can drop the duplicate.
 
 Inbound decisions: POST `/hooks/<name>` with `{"token" | "approval_id", "user", "decision":
-"approve" | "deny", "comment"}`, signed the same way by the external system. The signature
+"approve" | "deny" | "always", "comment"}` (always: approve and grant the rule's scope),
+signed the same way by the external system. The signature
 and a 5-minute timestamp window are checked before the body is parsed; the `webhook-id` is
 the event id (a replay is dropped); `user` is the external system's user id, mapped through
 `person.channels.<name>` like any platform user.
@@ -59,7 +61,7 @@ SECRET_PREFIX = "whsec_"  # noqa: S105 - the spec's prefix, not a secret
 TOLERANCE = timedelta(minutes=5)
 MAX_EVENT_ID = 255
 MAX_COMMENT = 4000
-DECISIONS = ("approve", "deny")
+DECISIONS = ("approve", "deny", "always")  # always: approve + a standing grant
 
 
 def parse_secrets(value: object) -> tuple[bytes, ...]:
@@ -142,6 +144,9 @@ def stable_id(*parts: object) -> str:
 class WebhookChannel:
     """Approval requests as signed JSON events; decisions as signed JSON callbacks."""
 
+    # A retried send carries the same `webhook-id`: the receiver drops the repeat.
+    dedupes_sends_within = float("inf")
+
     def __init__(self, settings: dict[str, Any], public_url: str) -> None:
         self.name = str(settings.get("name", "webhook"))
         url = settings.get("url")
@@ -206,6 +211,7 @@ class WebhookChannel:
             "status": message.status_line,
             "approve_token": message.approve_token if message.open else None,
             "decide_url": self.decide_url if message.open else None,
+            "always_allowed": bool(message.open and message.always_token),
             "recipient": address,
             "inbox_url": message.inbox_url,
         }
@@ -248,7 +254,9 @@ class WebhookChannel:
         if not isinstance(user, str | int) or isinstance(user, bool) or str(user) == "":
             raise CallbackRejected("malformed body: 'user' is required", 400)
         if decision not in DECISIONS:
-            raise CallbackRejected("malformed body: 'decision' must be approve or deny", 400)
+            raise CallbackRejected(
+                "malformed body: 'decision' must be approve, deny or always", 400
+            )
         if not isinstance(token, str) and not isinstance(approval_id, str):
             raise CallbackRejected("malformed body: 'token' or 'approval_id' is required", 400)
         if comment is not None and not isinstance(comment, str):

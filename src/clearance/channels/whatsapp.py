@@ -58,6 +58,7 @@ import structlog
 
 from . import textcommand
 from .base import (
+    RESENT_NOTE,
     CallbackRejected,
     CallbackReply,
     ChannelError,
@@ -219,6 +220,11 @@ class WhatsAppChannel:
                     "buttons": [
                         _reply_button(f"a:{message.approve_token}", "Approve"),
                         _reply_button(f"d:{message.deny_token}", "Deny"),
+                        *(  # a standing grant, where the rule allows it (3 buttons at most)
+                            [_reply_button(f"A:{message.always_token}", "Approve always")]
+                            if message.always_token
+                            else []
+                        ),
                     ]
                 },
             },
@@ -227,6 +233,8 @@ class WhatsAppChannel:
     def _template(self, message: Message, to: str) -> dict[str, Any]:
         lines = message.summary_lines()
         details = " · ".join(line.strip() for line in lines[1:])
+        if message.status_line.endswith(RESENT_NOTE):  # a template shows no status otherwise
+            details += " ·" + RESENT_NOTE
         params = [lines[0], details, message.approval_id]
         return {
             "messaging_product": "whatsapp",
@@ -280,7 +288,7 @@ class WhatsAppChannel:
         try:
             response = await self._http.post(f"/{self.phone_number_id}/messages", json=payload)
         except httpx.TimeoutException:
-            raise ChannelError(f"whatsapp {what}: timed out", retry=True) from None
+            raise ChannelError(f"whatsapp {what}: timed out", retry=True, uncertain=True) from None
         except httpx.HTTPError as exc:
             raise ChannelError(f"whatsapp {what}: {type(exc).__name__}", retry=True) from None
         try:
@@ -425,12 +433,12 @@ class WhatsAppChannel:
         reply_ref: dict[str, Any],
     ) -> Interaction | None:
         kind, _, token = data.partition(":") if isinstance(data, str) else ("", "", "")
-        if kind == "a" and token:
+        if kind in ("a", "A") and token:
             return Interaction(
                 event_id=event_id,
                 user_id=sender,
                 token=token,
-                decision="approve",
+                decision="approve" if kind == "a" else "always",
                 reply_ref=reply_ref,
             )
         if not self._fresh(event_id):

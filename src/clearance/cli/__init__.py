@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import typer
 
-from . import gateway_cmds, mcp_cmds, policy_cmds
+from . import (  # noqa: F401 - registers
+    control_cmds,
+    delegation_cmds,
+    gateway_cmds,
+    mcp_cmds,
+    mfa_cmds,  # users mfa enroll|list|reset; admin changes
+    policy_cmds,
+)
 
 app = typer.Typer(
     name="clearance",
@@ -16,7 +23,9 @@ app = typer.Typer(
 
 policy_cmds.register(app)
 gateway_cmds.register(app)
+control_cmds.register(app)  # override, overrides, grants
 mcp_cmds.register(app)
+mfa_cmds.register(app)  # admin changes | change
 
 
 def main() -> None:

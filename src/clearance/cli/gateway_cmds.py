@@ -70,29 +70,23 @@ def with_gateway(
 
 
 def start_fake(name: str, gateway_url: str) -> tuple[Path, str]:
-    """Run a platform's fake beside the demo and write the channel settings that use it."""
-    if name != "slack":
-        fail(f"no demo fake for {name!r} yet", hint="available: --fake slack")
-    from ..testing.fakes import serve_in_thread
-    from ..testing.fakes.slack import FakeSlack
-    from ..testing.fakes.slack_ui import install
+    """Run a platform's fake (and its clickable page) beside the demo, and write the channel
+    settings that point at it."""
+    from ..testing.fakes import demo
 
-    slack = FakeSlack()
-    install(slack, gateway_url)
-    try:
-        server = serve_in_thread(slack.app, port=8751)
-    except RuntimeError:  # 8751 is taken: any free port will do
-        server = serve_in_thread(slack.app)
-    path = Path(".clearance/demo-slack.yaml")
+    if name not in demo.DEMOS:
+        fail(f"no demo fake named {name!r}", hint=f"available: {', '.join(demo.NAMES)}")
+    running = demo.start(name, gateway_url)
+    path = Path(f".clearance/demo-{name}.yaml")
     path.parent.mkdir(parents=True, exist_ok=True)
+    settings = json.dumps({"channels": {name: running.settings}}, indent=2)  # JSON is YAML
     path.write_text(
-        "# Written by `clearance demo --fake slack`: the Slack channel, pointed at the fake.\n"
-        f"channels:\n  slack:\n    bot_token: {slack.bot_token}\n"
-        f"    signing_secret: {slack.signing_secret}\n    base_url: {server.url}/api/\n",
+        f"# Written by `clearance demo --fake {name}`: the channel, pointed at its fake.\n"
+        + settings
+        + "\n",
         encoding="utf-8",
     )
-    note = f"fake Slack workspace: {server.url}/  (alice's DMs arrive there; click Approve as her)"
-    return path, note
+    return path, running.note
 
 
 users_app = typer.Typer(help="Approvers: sign-in, delegates, second factors.", no_args_is_help=True)
@@ -145,7 +139,11 @@ def register(app: typer.Typer) -> None:
         database_url: DatabaseOpt = None,
         fake: Annotated[
             list[str] | None,
-            typer.Option("--fake", help="Point a channel at its local fake (slack)"),
+            typer.Option(
+                "--fake",
+                help="Point a channel at its local fake, with a clickable page: slack, "
+                "discord, teams, telegram, whatsapp, webhook or email",
+            ),
         ] = None,
     ) -> None:
         """Set up demo sign-ins and an agent key (once), print how to try it, then serve."""
@@ -196,7 +194,10 @@ def register(app: typer.Typer) -> None:
             console.print(f"  demo sign-ins (password [bold]{DEMO_PASSWORD}[/], demo only):")
         else:
             console.print("  sign-ins: the people of the policy, with the passwords already set")
-        console.print("    alice, bob (managers) · dana, erin (finance directors) · ivan (admin)")
+        console.print(
+            "    alice, bob (managers) · dana, erin (finance directors) · ivan, olga (admins)"
+            " · frank (emergency) · sam (security)"
+        )
         console.print(f"  agent key:  {DEMO_KEY_FILE} (agent '{DEMO_AGENT}')")
         console.print("\n  In another terminal, let a demo agent ask for a $2,000 transfer:")
         console.print(
@@ -452,6 +453,10 @@ def register(app: typer.Typer) -> None:
             token: Annotated[
                 str | None, typer.Option(envvar="CLEARANCE_TOKEN", help="Your personal API key")
             ] = None,
+            totp: Annotated[
+                str | None,
+                typer.Option("--totp", help="A current authenticator code (for an mfa: stage)"),
+            ] = None,
         ) -> None:
             import httpx
 
@@ -464,7 +469,7 @@ def register(app: typer.Typer) -> None:
             try:
                 response = httpx.post(
                     f"{url.rstrip('/')}/v1/approvals/{approval_id}/decisions",
-                    json={"decision": decision, "comment": comment},
+                    json={"decision": decision, "comment": comment, "totp": totp},
                     headers={"authorization": f"Bearer {token}"},
                     timeout=30,
                 )
@@ -575,13 +580,18 @@ def register(app: typer.Typer) -> None:
         ] = None,
         config: ConfigOpt = None,
         database_url: DatabaseOpt = None,
+        section: Annotated[
+            str, typer.Option(help="all, or overrides (emergency overrides and reviews, jsonl)")
+        ] = "all",
     ) -> None:
         """Export audit entries as JSON lines or CSV."""
-        from ..audit.export import export_csv, export_jsonl
+        from ..audit.export import export_csv, export_jsonl, export_overrides
         from ..server.timeparse import parse_when
 
         if fmt not in ("jsonl", "csv"):
             fail(f"unknown format {fmt!r}", hint="use --format jsonl or --format csv")
+        if section not in ("all", "overrides") or (section == "overrides" and fmt != "jsonl"):
+            fail(f"unknown section {section!r} for {fmt}", hint="--section overrides is jsonl")
         try:
             start = parse_when(since) if since else None
             end = parse_when(until) if until else None
@@ -589,6 +599,8 @@ def register(app: typer.Typer) -> None:
             fail(str(exc))
         gateway = open_gateway(config, database_url)
         writer = export_jsonl if fmt == "jsonl" else export_csv
+        if section == "overrides":
+            writer = export_overrides
         try:
             if output is None:
                 count = writer(gateway.db, sys.stdout, since=start, until=end)

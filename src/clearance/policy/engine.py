@@ -237,9 +237,9 @@ class Engine:
         if requester is None or requester not in base.people:
             return (None, base.infeasible) if base.infeasible else (base.plan, None)
         stages = tuple(
-            ResolvedStage(
-                s.name,
-                tuple(
+            dataclasses.replace(
+                s,
+                requirements=tuple(
                     ResolvedRequirement(tuple(p for p in r.approvers if p != requester), r.required)
                     for r in s.requirements
                 ),
@@ -304,9 +304,11 @@ class Engine:
                         )
                         for req in stage.requirements
                     ),
+                    mfa=stage.mfa,
+                    require_context=stage.require_context,
+                    routing=stage.routing,
                 )
-                if resolved not in stages:
-                    stages.append(resolved)
+                _merge_stage(stages, resolved)
         plan_out = ResolvedPlan(tuple(stages), min(timeouts) if timeouts else DEFAULT_TIMEOUT_S)
         people = frozenset(p for s in stages for r in s.requirements for p in r.approvers)
         return _BasePlan(plan_out, people, _infeasible(plan_out, None))
@@ -315,6 +317,18 @@ class Engine:
 _STRENGTH = {effect: effect.strength for effect in Effect}
 _EFFECTS = {effect.strength: effect for effect in Effect}
 _DENY = Effect.DENY.strength
+
+
+def _merge_stage(stages: list[ResolvedStage], stage: ResolvedStage) -> None:
+    """Add `stage` unless an identical one is there. Stages that differ only in routing
+    (reminders, escalation, pick) are the same stage: the first routing set is kept."""
+    bare = dataclasses.replace(stage, routing=None)
+    for i, existing in enumerate(stages):
+        if dataclasses.replace(existing, routing=None) == bare:
+            if existing.routing is None and stage.routing is not None:
+                stages[i] = stage
+            return
+    stages.append(stage)
 
 
 def _infeasible(plan: ResolvedPlan, requester: str | None) -> str | None:

@@ -8,6 +8,7 @@ back, or `PolicyError` with the list.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import os
@@ -24,15 +25,30 @@ from ..directory import ACTOR_MANAGER, GROUP_PREFIX, PERSON_PREFIX, Directory, P
 from .cel import CelCompileError, Condition, compile_condition
 from .model import (
     DEFAULT_TIMEOUT_S,
+    AllowAlways,
     ApprovalPlan,
+    ContextRequirement,
+    Controls,
     Effect,
     Location,
     OnError,
+    OnTimeout,
+    OverrideSettings,
+    Pick,
     Requirement,
+    Routing,
     Rule,
     Stage,
 )
-from .schema import ApprovalIn, PersonIn, PolicyFileIn, RuleIn, parse_duration
+from .schema import (
+    CONTEXT_KEYS,
+    ApprovalIn,
+    PersonIn,
+    PolicyFileIn,
+    RuleIn,
+    parse_duration,
+    parse_rate,
+)
 from .yamlpos import Document, YamlSyntaxError, parse
 
 _M = TypeVar("_M", bound=BaseModel)
@@ -252,8 +268,9 @@ def _rule_id_at(doc: Document, loc: tuple[Any, ...]) -> str | None:
     return None
 
 
+_ROUTING_KEYS = ["remind_after", "escalate_after", "escalate_to", "on_timeout", "pick"]
 _KEYS: dict[str, list[str]] = {
-    "": ["version", "directory", "policies", "server", "channels", "risk"],
+    "": ["version", "directory", "policies", "server", "channels", "risk", "controls"],
     "directory": ["people", "groups"],
     "person": ["id", "name", "email", "groups", "roles", "channels", "manager", "timezone"],
     "policies": ["default", "rules"],
@@ -267,10 +284,16 @@ _KEYS: dict[str, list[str]] = {
         "alert",
         "on_error",
         "redact",
+        "mfa",
+        "require_context",
+        "allow_always",
     ],
-    "approval": ["stages", "approvers", "required", "timeout"],
-    "stage": ["name", "approvers", "required", "all_of"],
+    "approval": ["stages", "approvers", "required", "timeout", *_ROUTING_KEYS],
+    "stage": ["name", "approvers", "required", "all_of", "mfa", "require_context", *_ROUTING_KEYS],
     "requirement": ["approvers", "required"],
+    "allow_always": ["max_ttl", "scope"],
+    "controls": ["override", "remember_denials"],
+    "override": ["role", "alert", "review_by", "rate_limit"],
 }
 
 
@@ -287,6 +310,9 @@ def _known_keys(parent: tuple[Any, ...]) -> list[str]:
         "approval": _KEYS["approval"],
         "stages": _KEYS["stage"],
         "all_of": _KEYS["requirement"],
+        "allow_always": _KEYS["allow_always"],
+        "controls": _KEYS["controls"],
+        "override": _KEYS["override"],
     }.get(last, [])
 
 
@@ -342,6 +368,9 @@ class _Linker:
             if file.top.risk is not None:
                 self._check_risk(file)
                 settings.setdefault("risk", {}).update(file.top.risk)
+        controls = self._controls(directory)
+        if controls is not None:
+            settings["controls"] = controls
         if self.problems:
             raise PolicyError(self.problems)
         return Policy(
@@ -379,6 +408,93 @@ class _Linker:
             load_risk_settings(file.top.risk)
         except RiskSettingsError as exc:
             self._add("risk", str(exc), file.doc.where_key(("risk",)))
+
+    def _allow_always(
+        self,
+        doc: Document,
+        path: tuple[str | int, ...],
+        raw: RuleIn,
+        effect: Effect,
+        plan: ApprovalPlan | None,
+    ) -> AllowAlways | None:
+        """`allow_always:` checked against its rule: only on approve rules whose plan is one
+        stage of one requirement with `required: 1` (one person can speak for it)."""
+        spec = raw.allow_always
+        if spec is None:
+            return None
+        where = doc.where_key((*path, "allow_always"))
+        if effect is not Effect.APPROVE:
+            self._add(
+                "unexpected_allow_always",
+                f"allow_always: only applies to approve rules, not {effect}",
+                where,
+                raw.id,
+                "a standing grant replaces a human approval; allow, deny and block rules need none",
+            )
+            return None
+        if plan is not None and not (
+            len(plan.stages) == 1
+            and len(plan.stages[0].requirements) == 1
+            and plan.stages[0].requirements[0].required == 1
+        ):
+            self._add(
+                "allow_always_plan",
+                "allow_always: needs an approval of one stage with one requirement of "
+                "required: 1; one approver cannot grant for a multi-stage or N-of-M approval",
+                where,
+                raw.id,
+                "split the rule: a single-approver rule with allow_always, and keep the "
+                "multi-stage one without it",
+            )
+            return None
+        return AllowAlways(parse_duration(spec.max_ttl), tuple(spec.scope))
+
+    def _controls(self, directory: Directory) -> Controls | None:
+        """`controls:` from every file (later files override earlier keys), resolved."""
+        override: OverrideSettings | None = None
+        remember: int | None = None
+        found = False
+        for file in self.files:
+            spec = file.top.controls
+            if spec is None:
+                continue
+            found = True
+            if spec.remember_denials is not None:
+                remember = parse_duration(spec.remember_denials)
+            if spec.override is None:
+                continue
+            base: tuple[str | int, ...] = ("controls", "override")
+            refs_ok = True
+            for key in ("alert", "review_by"):
+                for j, ref in enumerate(getattr(spec.override, key)):
+                    refs_ok = (
+                        self._check_ref(file.doc, (*base, key, j), ref, "controls", directory)
+                        and refs_ok
+                    )
+            if not refs_ok:
+                continue
+            limit, window = parse_rate(spec.override.rate_limit)
+            reviewers = directory.resolve(spec.override.review_by)
+            if not reviewers:
+                self._add(
+                    "no_reviewers",
+                    "controls.override.review_by names nobody",
+                    file.doc.where_key((*base, "review_by")),
+                    None,
+                    "add people to the group, or name people: every override must be "
+                    "reviewed by someone other than the overrider",
+                )
+                continue
+            override = OverrideSettings(
+                role=spec.override.role,
+                alert=directory.resolve(spec.override.alert) or reviewers,
+                review_by=reviewers,
+                rate_limit=limit,
+                rate_window_s=window,
+            )
+        if not found:
+            return None
+        return Controls(override=override, remember_denials_s=remember)
 
     def _default(self) -> Effect:
         chosen: tuple[Effect, Location] | None = None
@@ -471,8 +587,17 @@ class _Linker:
                     "add approval: {stages: [{name: manager, approvers: [group:managers]}]}",
                 )
                 return None
-            plan = self._plan(doc, (*path, "approval"), raw.approval, raw.id, directory)
-            ok = ok and plan is not None
+            rule_context = self._context(doc, path, raw.require_context, raw.id)
+            plan = self._plan(
+                doc, (*path, "approval"), raw.approval, raw.id, directory,
+                raw.mfa, rule_context or (),
+            )  # fmt: skip
+            ok = ok and plan is not None and rule_context is not None
+            if plan is not None:
+                plan = self._with_routing(
+                    doc, (*path, "approval"), raw.approval, plan, raw.id, directory
+                )
+                ok = ok and plan is not None
         elif raw.approval is not None:
             self._add(
                 "unexpected_approval",
@@ -481,8 +606,20 @@ class _Linker:
                 raw.id,
             )
             ok = False
+        for key in ("mfa", "require_context"):
+            if effect is not Effect.APPROVE and getattr(raw, key) is not None:
+                self._add(
+                    "unexpected_step_up",
+                    f"{key}: only applies to approve rules (it governs the approvers' votes), "
+                    f"not {effect}",
+                    doc.where_key((*path, key)),
+                    raw.id,
+                )
+                ok = False
         for j, ref in enumerate(raw.alert):
             ok = self._check_ref(doc, (*path, "alert", j), ref, raw.id, directory) and ok
+        allow_always = self._allow_always(doc, path, raw, effect, plan)
+        ok = ok and (raw.allow_always is None or allow_always is not None)
         if not ok:
             return None
         return Rule(
@@ -495,6 +632,7 @@ class _Linker:
             alert=tuple(raw.alert),
             on_error=OnError(raw.on_error),
             redact=tuple(raw.redact),
+            allow_always=allow_always,
             location=doc.where(path),
             when_location=doc.where((*path, "when")) if raw.when is not None else None,
         )
@@ -506,14 +644,18 @@ class _Linker:
         raw: ApprovalIn,
         rule_id: str,
         directory: Directory,
+        rule_mfa: str | None = None,
+        rule_context: ContextRequirement = (),
     ) -> ApprovalPlan | None:
         stages: list[Stage] = []
         ok = True
         timeout = parse_duration(raw.timeout) if raw.timeout is not None else None
         if raw.stages is None:
             spec = [(rule_id, [(raw.approvers or [], raw.required or 1, path)])]
+            step = [(rule_mfa, rule_context)]
         else:
             spec = []
+            step = []
             for i, stage in enumerate(raw.stages):
                 spath = (*path, "stages", i)
                 if stage.all_of is not None:
@@ -524,7 +666,12 @@ class _Linker:
                 else:
                     reqs = [(stage.approvers or [], stage.required or 1, spath)]
                 spec.append((stage.name, reqs))
-        for name, reqs in spec:
+                context = self._context(doc, spath, stage.require_context, rule_id)
+                ok = ok and context is not None
+                merged = dict(rule_context)
+                merged.update(dict(context or ()))
+                step.append((stage.mfa or rule_mfa, tuple(sorted(merged.items()))))
+        for (name, reqs), (mfa, context) in zip(spec, step, strict=True):
             requirements: list[Requirement] = []
             for approvers, required, rpath in reqs:
                 refs_ok = True
@@ -550,10 +697,46 @@ class _Linker:
                         refs_ok = False
                 ok = ok and refs_ok
                 requirements.append(Requirement(tuple(approvers), required))
-            stages.append(Stage(name, tuple(requirements)))
+            stages.append(Stage(name, tuple(requirements), mfa=mfa, require_context=context))
         if not ok:
             return None
         return ApprovalPlan(tuple(stages), timeout)
+
+    def _context(
+        self,
+        doc: Document,
+        path: tuple[str | int, ...],
+        raw: dict[str, list[str]] | None,
+        rule_id: str,
+    ) -> ContextRequirement | None:
+        """`require_context:` as data, or None (after adding the problems) when it is wrong."""
+        if not raw:
+            return ()
+        ok = True
+        for key, values in raw.items():
+            where = doc.where_key((*path, "require_context", key))
+            if key not in CONTEXT_KEYS:
+                close = difflib.get_close_matches(key, CONTEXT_KEYS, n=1)
+                self._add(
+                    "unknown_context",
+                    f"require_context: unknown fact '{key}'",
+                    where,
+                    rule_id,
+                    f"did you mean '{close[0]}'?" if close else "known: " + ", ".join(CONTEXT_KEYS),
+                )
+                ok = False
+            elif not values or any(not str(v).strip() for v in values):
+                self._add(
+                    "invalid_context",
+                    f"require_context: {key} needs at least one allowed value",
+                    where,
+                    rule_id,
+                    "for example approver_geo: [US, CA]",
+                )
+                ok = False
+        if not ok:
+            return None
+        return tuple(sorted((k, tuple(str(v) for v in vs)) for k, vs in raw.items()))
 
     def _check_ref(
         self,
@@ -581,6 +764,102 @@ class _Linker:
                 hint = f"'{name}' is a group: write group:{name}"
             self._add("unknown_person", f"unknown person '{name}'", doc.where(path), rule_id, hint)
         return False
+
+    def _with_routing(
+        self,
+        doc: Document,
+        path: tuple[str | int, ...],
+        raw: ApprovalIn,
+        plan: ApprovalPlan,
+        rule_id: str,
+        directory: Directory,
+    ) -> ApprovalPlan | None:
+        """`plan` with each stage's reminders, escalation and pick (a stage's own keys override
+        the approval's), or None after adding the problems found."""
+        ok = True
+        stages: list[Stage] = []
+        timeout = plan.timeout_s or DEFAULT_TIMEOUT_S
+        for i, stage in enumerate(plan.stages):
+            own = raw.stages[i] if raw.stages is not None else None
+            spath = (*path, "stages", i) if own is not None else path
+
+            def value(key: str, own: Any = own, spath: tuple[str | int, ...] = spath) -> Any:
+                if own is not None and getattr(own, key) is not None:
+                    return getattr(own, key), (*spath, key)
+                return getattr(raw, key), (*path, key)
+
+            (remind, remind_at), (after, after_at) = value("remind_after"), value("escalate_after")
+            (targets, targets_at), (on_timeout, timeout_at) = (
+                value("escalate_to"),
+                value("on_timeout"),
+            )
+            pick, pick_at = value("pick")
+            if all(v is None for v in (remind, after, targets, on_timeout, pick)):
+                stages.append(stage)
+                continue
+            remind_s = parse_duration(remind) if remind is not None else None
+            after_s = parse_duration(after) if after is not None else None
+            levels: list[tuple[str, ...]] = []
+            for k, ref in enumerate(targets or ()):
+                if self._check_ref(doc, (*targets_at, k), ref, rule_id, directory):
+                    levels.append(directory.resolve([ref]))
+                else:
+                    ok = False
+            for seconds, key, where in (
+                (remind_s, "remind_after", remind_at),
+                (after_s, "escalate_after", after_at),
+            ):
+                if seconds is not None and seconds >= timeout:
+                    ok = False
+                    self._add(
+                        "routing_after_timeout",
+                        f"{key} ({seconds}s) is not before the timeout ({timeout}s): it would "
+                        "never fire",
+                        doc.where(where),
+                        rule_id,
+                        f"make {key} shorter than timeout, or lengthen timeout"
+                        + (" (or use on_timeout: escalate)" if key == "escalate_after" else ""),
+                    )
+            if pick not in (None, "all") and len(stage.requirements) > 1:
+                ok = False
+                self._add(
+                    "pick_with_all_of",
+                    f"pick: {pick} chooses people for one requirement, but stage "
+                    f"'{stage.name}' has all_of",
+                    doc.where(pick_at),
+                    rule_id,
+                    "drop pick, or split the all_of into stages with approvers/required",
+                )
+            widens = pick not in (None, "all")
+            escalates = after_s is not None or on_timeout == "escalate"
+            if escalates and not targets and not widens:
+                ok = False
+                self._add(
+                    "nothing_to_escalate",
+                    "escalation is set but names nobody to escalate to",
+                    doc.where(after_at if after_s is not None else timeout_at),
+                    rule_id,
+                    "add escalate_to: [group:…], or pick: round_robin to widen to the group",
+                )
+            if targets and after_s is None and on_timeout != "escalate":
+                ok = False
+                self._add(
+                    "escalation_never_fires",
+                    "escalate_to is set, but neither escalate_after nor on_timeout: escalate "
+                    "says when",
+                    doc.where(targets_at),
+                    rule_id,
+                    "add escalate_after: 2h, or on_timeout: escalate",
+                )
+            routing = Routing(
+                remind_after_s=remind_s,
+                escalate_after_s=after_s,
+                escalate_to=tuple(levels),
+                on_timeout=OnTimeout(on_timeout or "deny"),
+                pick=Pick(pick or "all"),
+            )
+            stages.append(dataclasses.replace(stage, routing=routing))
+        return ApprovalPlan(tuple(stages), plan.timeout_s) if ok else None
 
     def _condition(
         self, doc: Document, path: tuple[str | int, ...], raw: RuleIn

@@ -55,12 +55,83 @@ class Requirement:
     required: int = 1
 
 
+#: `require_context:` as data: ((fact, allowed values), …), sorted by fact.
+ContextRequirement = tuple[tuple[str, tuple[str, ...]], ...]
+
+
+class Pick(enum.StrEnum):
+    """Whom a stage pages first: everyone, or `required` people chosen per request."""
+
+    ALL = "all"
+    ROUND_ROBIN = "round_robin"  # rotate through the group, request after request
+    LEAST_LOADED = "least_loaded"  # those with the fewest pending requests waiting on them
+
+
+class OnTimeout(enum.StrEnum):
+    """What a stage's deadline does: expire the request (deny), or escalate and wait again."""
+
+    DENY = "deny"
+    ESCALATE = "escalate"
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    """Reminders, escalation and load balancing of one stage (see clearance.approvals.escalation).
+
+    - `remind_after_s`: every period while the stage is open, re-notify who has not voted;
+    - `escalate_after_s`: each period without the stage being met fires the next level: first,
+      when `pick` paged only a few, the rest of the group; then each entry of `escalate_to` in
+      turn. Escalated people join every requirement of the stage; `required` is unchanged;
+    - `on_timeout`: at the deadline, `deny` (the request expires) or `escalate` (the next level
+      fires and the deadline moves by `escalate_after_s`, else by the plan's timeout);
+    - `escalate_to`: the people of each level (resolved from the directory when loaded).
+    """
+
+    remind_after_s: int | None = None
+    escalate_after_s: int | None = None
+    escalate_to: tuple[tuple[str, ...], ...] = ()
+    on_timeout: OnTimeout = OnTimeout.DENY
+    pick: Pick = Pick.ALL
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.remind_after_s is not None:
+            out["remind_after_s"] = self.remind_after_s
+        if self.escalate_after_s is not None:
+            out["escalate_after_s"] = self.escalate_after_s
+        if self.escalate_to:
+            out["escalate_to"] = [list(level) for level in self.escalate_to]
+        if self.on_timeout is not OnTimeout.DENY:
+            out["on_timeout"] = self.on_timeout.value
+        if self.pick is not Pick.ALL:
+            out["pick"] = self.pick.value
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Routing:
+        remind = data.get("remind_after_s")
+        escalate = data.get("escalate_after_s")
+        return cls(
+            remind_after_s=int(remind) if remind is not None else None,
+            escalate_after_s=int(escalate) if escalate is not None else None,
+            escalate_to=tuple(tuple(map(str, level)) for level in data.get("escalate_to", ())),
+            on_timeout=OnTimeout(data.get("on_timeout", "deny")),
+            pick=Pick(data.get("pick", "all")),
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Stage:
-    """One step of an approval plan: every requirement in it is met in parallel."""
+    """One step of an approval plan: every requirement in it is met in parallel.
+
+    `mfa` (totp | webauthn | any) makes every vote on the stage need a fresh second factor;
+    `require_context` lists facts about the approver (`approver_geo`) and the values allowed."""
 
     name: str
     requirements: tuple[Requirement, ...]
+    mfa: str | None = None
+    require_context: ContextRequirement = ()
+    routing: Routing | None = None  # reminders, escalation, pick
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +140,37 @@ class ApprovalPlan:
 
     stages: tuple[Stage, ...]
     timeout_s: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AllowAlways:
+    """`allow_always:` on an approve rule: an approver may turn an approval into a standing
+    grant, valid at most `max_ttl_s`, pinned to the request's values of the `scope` fields
+    (`actor.<field>`, `params.<name>`). See clearance.grants."""
+
+    max_ttl_s: int
+    scope: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class OverrideSettings:
+    """`controls.override:` break-glass. `alert` and `review_by` are resolved person ids;
+    at most `rate_limit` overrides per person in any `rate_window_s` seconds."""
+
+    role: str
+    alert: tuple[str, ...]
+    review_by: tuple[str, ...]
+    rate_limit: int
+    rate_window_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class Controls:
+    """`controls:` the policy's break-glass and remembered-denial settings (both off when
+    absent): `Policy.settings["controls"]`."""
+
+    override: OverrideSettings | None = None
+    remember_denials_s: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +188,7 @@ class Rule:
     redact: tuple[str, ...] = ()
     location: Location | None = None
     when_location: Location | None = None
+    allow_always: AllowAlways | None = None
 
     reason: str = ""
 
@@ -106,33 +209,56 @@ DEFAULT_TIMEOUT_S = 3600
 
 @dataclass(frozen=True, slots=True)
 class ResolvedRequirement:
-    """A requirement with groups expanded to the people who may satisfy it."""
+    """A requirement with groups expanded to the people who may satisfy it. `reserve` holds
+    the rest of the group when the stage's `pick` paged only a few (they join on escalation)."""
 
     approvers: tuple[str, ...]
     required: int
+    reserve: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"approvers": list(self.approvers), "required": self.required}
+        out: dict[str, Any] = {"approvers": list(self.approvers), "required": self.required}
+        if self.reserve:
+            out["reserve"] = list(self.reserve)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
 class ResolvedStage:
     name: str
     requirements: tuple[ResolvedRequirement, ...]
+    mfa: str | None = None
+    require_context: ContextRequirement = ()
+    routing: Routing | None = None
 
     def to_json(self) -> dict[str, Any]:
         if len(self.requirements) == 1:
-            return {"name": self.name, **self.requirements[0].to_json()}
-        return {"name": self.name, "all_of": [r.to_json() for r in self.requirements]}
+            out = {"name": self.name, **self.requirements[0].to_json()}
+        else:
+            out = {"name": self.name, "all_of": [r.to_json() for r in self.requirements]}
+        if self.mfa:  # written only when set: older stored plans read back unchanged
+            out["mfa"] = self.mfa
+        if self.require_context:
+            out["require_context"] = {k: list(v) for k, v in self.require_context}
+        if self.routing is not None and (routing := self.routing.to_json()):
+            out["routing"] = routing
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ResolvedStage:
         reqs = data.get("all_of") or [data]
+        context = data.get("require_context") or {}
         return cls(
             name=str(data["name"]),
             requirements=tuple(
-                ResolvedRequirement(tuple(r["approvers"]), int(r["required"])) for r in reqs
+                ResolvedRequirement(
+                    tuple(r["approvers"]), int(r["required"]), tuple(r.get("reserve", ()))
+                )
+                for r in reqs
             ),
+            routing=Routing.from_json(data["routing"]) if data.get("routing") else None,
+            mfa=data.get("mfa") or None,
+            require_context=tuple(sorted((str(k), tuple(v)) for k, v in context.items())),
         )
 
 

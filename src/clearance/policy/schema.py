@@ -66,11 +66,42 @@ class RequirementIn(_Strict):
         return v
 
 
-class StageIn(_Strict):
+#: Second factors a rule or stage may require (`mfa:`): see clearance.identity.mfa.
+MFA_METHODS = ("totp", "webauthn", "any")
+#: Facts `require_context:` may name, each checked against the approver's session.
+CONTEXT_KEYS = ("approver_geo",)
+
+
+class RoutingIn(_Strict):
+    """Reminders, escalation and load balancing, on an approval (for every stage) or a stage
+    (which overrides it): see `clearance.policy.model.Routing`."""
+
+    remind_after: int | str | None = None
+    escalate_after: int | str | None = None
+    escalate_to: list[str] | None = None  # one person or group: a level each, in order
+    on_timeout: Literal["deny", "escalate"] | None = None
+    pick: Literal["all", "round_robin", "least_loaded"] | None = None
+
+    @field_validator("remind_after", "escalate_after")
+    @classmethod
+    def _routing_duration(cls, v: int | str | None) -> int | str | None:
+        if v is not None:
+            parse_duration(v)
+        return v
+
+    @field_validator("escalate_to", mode="before")
+    @classmethod
+    def _one_or_many_levels(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
+class StageIn(RoutingIn):
     name: str = Field(min_length=1)
     approvers: list[str] | None = None
     required: int | None = None
     all_of: list[RequirementIn] | None = None
+    mfa: Literal["totp", "webauthn", "any"] | None = None
+    require_context: dict[str, list[str]] | None = None
 
     @model_validator(mode="after")
     def _one_form(self) -> StageIn:
@@ -85,7 +116,7 @@ class StageIn(_Strict):
         return self
 
 
-class ApprovalIn(_Strict):
+class ApprovalIn(RoutingIn):
     stages: list[StageIn] | None = None
     approvers: list[str] | None = None
     required: int | None = None
@@ -111,6 +142,38 @@ class ApprovalIn(_Strict):
         return self
 
 
+_SCOPE_FIELD = re.compile(
+    r"^(actor\.[A-Za-z_][A-Za-z0-9_]*|params\.[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*)$"
+)
+
+
+class AllowAlwaysIn(_Strict):
+    """`allow_always:` on an approve rule: approvers may answer "approve always" (see
+    clearance.grants). `scope` names the request fields a grant is pinned to."""
+
+    max_ttl: int | str
+    scope: list[str] = Field(min_length=1)
+
+    @field_validator("max_ttl")
+    @classmethod
+    def _duration(cls, v: int | str) -> int | str:
+        parse_duration(v)
+        return v
+
+    @field_validator("scope")
+    @classmethod
+    def _fields(cls, v: list[str]) -> list[str]:
+        for entry in v:
+            if not _SCOPE_FIELD.match(entry):
+                raise ValueError(
+                    f"a scope entry is actor.<field> or params.<name> "
+                    f"(e.g. actor.agent, params.payee_id), not {entry!r}"
+                )
+        if len(set(v)) != len(v):
+            raise ValueError("scope lists a field twice")
+        return v
+
+
 class RuleIn(_Strict):
     id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
     description: str = ""
@@ -121,6 +184,9 @@ class RuleIn(_Strict):
     alert: list[str] = []
     on_error: Literal["deny", "skip"] = "deny"
     redact: list[str] = []
+    allow_always: AllowAlwaysIn | None = None
+    mfa: Literal["totp", "webauthn", "any"] | None = None  # for every stage of the rule
+    require_context: dict[str, list[str]] | None = None
 
     @field_validator("actions", mode="before")
     @classmethod
@@ -141,6 +207,44 @@ class PoliciesIn(_Strict):
     rules: list[dict[str, Any]] = []  # each checked as a RuleIn, so one bad rule hides none
 
 
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(.+)$")
+
+
+def parse_rate(value: str) -> tuple[int, int]:
+    """`"3/24h"` → (3, 86400): at most 3 in any 24 hours."""
+    m = _RATE.match(value) if isinstance(value, str) else None
+    if m is None or int(m[1]) < 1:
+        raise ValueError(f"{value!r} is not a rate; write e.g. 3/24h (at most 3 per 24 hours)")
+    return int(m[1]), parse_duration(m[2])
+
+
+class OverrideIn(_Strict):
+    """`controls.override:` who may break glass, who hears of it, who reviews it, how often."""
+
+    role: str = Field(default="emergency", min_length=1)
+    alert: list[str] = []  # default: the reviewers
+    review_by: list[str] = Field(min_length=1)
+    rate_limit: str = "3/24h"
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate(cls, v: str) -> str:
+        parse_rate(v)
+        return v
+
+
+class ControlsIn(_Strict):
+    override: OverrideIn | None = None
+    remember_denials: int | str | None = None  # a duration: deny identical requests at once
+
+    @field_validator("remember_denials")
+    @classmethod
+    def _duration(cls, v: int | str | None) -> int | str | None:
+        if v is not None:
+            parse_duration(v)
+        return v
+
+
 class PolicyFileIn(_Strict):
     """One policy file. `server` and `channels` are read by the server's own settings."""
 
@@ -150,3 +254,4 @@ class PolicyFileIn(_Strict):
     server: dict[str, Any] | None = None
     channels: dict[str, Any] | None = None
     risk: dict[str, Any] | None = None  # checked by clearance.risk.settings
+    controls: ControlsIn | None = None  # break-glass overrides, remembered denials

@@ -137,7 +137,7 @@ def run_case(engine: Engine, case: Case) -> CaseResult:
         failures.append(f"rules: want {sorted(want.rules)}, got {sorted(decision.rules)}")
     if want.stages is not None:
         got = decision.approval.to_json()["stages"] if decision.approval else []
-        if _normal_stages(want.stages) != _normal_stages(got):
+        if _normal_stages(want.stages) != _normal_stages(got) or _routing_differs(want.stages, got):
             failures.append(f"stages: want {want.stages}, got {got}")
     if want.alert is not None and sorted(want.alert) != sorted(decision.alert):
         failures.append(f"alert: want {sorted(want.alert)}, got {sorted(decision.alert)}")
@@ -153,6 +153,16 @@ def run_case(engine: Engine, case: Case) -> CaseResult:
 def run_suite(policy: Policy, suite: Suite) -> list[CaseResult]:
     engine = Engine(policy)
     return [run_case(engine, case) for case in suite.cases]
+
+
+def _routing_differs(want: Sequence[dict[str, Any]], got: Sequence[dict[str, Any]]) -> bool:
+    """A stage's `routing` (reminders, escalation, pick) is compared only where the test
+    names it, as the decision writes it: remind_after_s, escalate_after_s, escalate_to
+    (people per level), on_timeout, pick."""
+    return any(
+        "routing" in w and (w["routing"] or {}) != g.get("routing", {})
+        for w, g in zip(want, got, strict=False)
+    )
 
 
 def _normal_stages(stages: Sequence[dict[str, Any]]) -> list[Any]:

@@ -15,6 +15,7 @@ from ..audit.export import entry_as_dict, iter_entries, verify_store
 from ..canonical import binding_hash, canonical_json
 from ..channels import deliveries
 from ..gateway import Gateway
+from ..identity import mfa
 from ..policy import Request as PolicyRequest
 from ..store.reads import read
 from .auth import Principal, authenticate
@@ -67,6 +68,19 @@ def _require_agent(caller: Principal, what: str) -> None:
         raise HTTPProblem(403, "forbidden", f"only an agent key can {what}")
 
 
+def vote_proof(
+    request: Request, *, totp: str | None = None, session_id: str | None = None
+) -> mfa.VoteProof:
+    """What a vote brings for a step-up stage: a code, the inbox session, and the approver's
+    location from the trusted header (`server.geo_header`), when one is configured."""
+    gateway = _gateway(request)
+    try:
+        geo = mfa.header_geo(request.headers, gateway.approvals.mfa_settings())
+    except mfa.MfaError:
+        geo = None  # misconfigured: the vote's own check refuses it with the reason
+    return mfa.VoteProof(totp=(totp or "").strip() or None, session_id=session_id, geo=geo)
+
+
 def may_see(gateway: Gateway, caller: Principal, stored: StoredApproval) -> bool:
     a = stored.approval
     if caller.kind == "agent":
@@ -75,6 +89,7 @@ def may_see(gateway: Gateway, caller: Principal, stored: StoredApproval) -> bool
         return True
     who = caller.subject
     involved = {p for s in a.plan.stages for r in s.requirements for p in r.approvers}
+    involved.update(delegate for _, delegate in a.delegations)  # they stand in for approvers
     return who == a.requester or who in involved or any(v.person == who for v in a.votes)
 
 
@@ -172,6 +187,7 @@ async def decide(
         decision=body.decision,
         comment=body.comment,
         channel="api",
+        proof=vote_proof(request, totp=body.totp),
     )
     return approval_out(stored, gateway.policy.directory)
 

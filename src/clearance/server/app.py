@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import secrets
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
@@ -15,11 +17,13 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sqlalchemy import text
 
 from .. import __version__
+from ..admin_changes import AdminChanges
 from ..approvals.service import ApprovalError
 from ..channels.hub import ChannelHub
 from ..gateway import Gateway
+from ..identity import mfa
 from ..store.errors import StoreUnavailable
-from . import api, hooks
+from . import api, api_admin, api_controls, hooks
 from .auth import KeyCache
 from .errors import HTTPProblem
 from .metrics import Metrics
@@ -97,6 +101,10 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tasks: list[asyncio.Task[None]] = []
+        try:  # admin changes approved while no server was running
+            await app.state.admin_changes.settle()
+        except Exception as exc:
+            log.warning("admin_changes_settle_failed", error=str(exc))
         if scheduler:
             tasks.append(asyncio.create_task(_expiry_loop(app)))
             if hub is not None and hub.channels:
@@ -128,6 +136,10 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.gateway = gateway
+    # Second factors: settings from the (re)loaded policy; bad settings fail at start.
+    gateway.approvals.mfa_settings = mfa.settings_provider(lambda: gateway.policy.settings)
+    gateway.approvals.mfa_settings()
+    app.state.admin_changes = AdminChanges(gateway)  # four eyes on policy/directory changes
     app.state.key_cache = KeyCache()
     app.state.metrics = Metrics()
     app.state.wake_scheduler = asyncio.Event()
@@ -142,7 +154,9 @@ def create_app(
     app.add_middleware(BodyLimit)
     _install_errors(app)
     app.include_router(api.router)
+    app.include_router(api_admin.router)
     app.include_router(hooks.router)
+    app.include_router(api_controls.router)  # overrides, reviews, standing grants
     if inbox:
         from . import inbox as inbox_module
 
@@ -215,14 +229,18 @@ async def _reload(gateway: Gateway, by: str) -> None:
 
 
 async def _expiry_loop(app: FastAPI) -> None:
-    """Expire pending approvals at their deadline. Sleeps until the next one is due (at most
+    """Expire pending approvals at their deadline, and fire their reminders and escalations
+    (durable timers, each claimed by one server). Sleeps until the next one is due (at most
     `SCHEDULER_MAX_SLEEP_S`), and wakes early when a new approval is created."""
     gateway: Gateway = app.state.gateway
     wake: asyncio.Event = app.state.wake_scheduler
+    worker = f"{os.getpid()}-{secrets.token_hex(3)}"
     while True:
         try:
             await gateway.approvals.expire_due()
-            upcoming = await gateway.approvals.next_expiry()
+            await gateway.approvals.fire_due(worker)
+            times = [await gateway.approvals.next_expiry(), await gateway.approvals.next_timer()]
+            upcoming = min((t for t in times if t is not None), default=None)
         except Exception as exc:  # the database may be down for a while: keep trying
             log.warning("expiry_scheduler_error", error=str(exc))
             upcoming = None

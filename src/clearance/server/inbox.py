@@ -35,6 +35,7 @@ from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import Connection, select
 
+from .. import grants
 from ..approvals import records, workflow
 from ..approvals.model import Approval, ApprovalState, Vote, VoteDecision
 from ..approvals.records import StoredApproval
@@ -45,12 +46,12 @@ from ..audit.writer import WriteTx
 from ..canonical import REDACTED
 from ..directory import Directory, Person
 from ..gateway import Gateway
-from ..identity import passwords, sessions
+from ..identity import mfa, passwords, sessions
 from ..store.database import Database
 from ..store.reads import read
 from ..store.schema import approvals as approvals_table
 from ..store.schema import audit_entries
-from .api import AUDIT_ROLES, may_see
+from .api import AUDIT_ROLES, may_see, vote_proof
 from .auth import Principal
 
 __all__ = ["SESSION_COOKIE", "install"]
@@ -92,6 +93,7 @@ _SECURITY_HEADERS = {
 _DONE = {
     "approve": "You approved this request.",
     "deny": "You denied this request.",
+    "always": "You approved this request always: later ones in the same scope are granted.",
 }
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
@@ -103,7 +105,17 @@ router = APIRouter(prefix="/ui", include_in_schema=False)
 
 def install(app: FastAPI) -> None:
     """Add the inbox's pages and its static files to `app`."""
+    from . import inbox_admin, inbox_mfa  # second factors and admin changes build on this
+
     app.include_router(router)
+    inbox_mfa.install(app)
+    inbox_admin.install(app)
+    from . import inbox_delegation  # out-of-office delegates
+
+    inbox_delegation.install(app)
+    from . import inbox_controls  # emergency overrides, standing grants
+
+    inbox_controls.install(app)
     app.mount("/ui/static", StaticFiles(directory=_HERE / "static"), name="ui-static")
 
 
@@ -228,6 +240,7 @@ class VoteView:
     channel: str
     at: datetime
     comment: str | None
+    factor: str | None = None  # the second factor the vote came with (totp | webauthn)
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,7 +303,9 @@ def _stage_views(a: Approval, directory: Directory) -> list[StageView]:
     out = []
     for i, stage in enumerate(a.plan.stages):
         votes = [
-            VoteView(name(v.person), v.person, v.decision.value, v.channel, v.at, v.comment)
+            VoteView(
+                name(v.person), v.person, v.decision.value, v.channel, v.at, v.comment, v.factor
+            )
             for v in a.votes
             if v.stage_index == i
         ]
@@ -329,10 +344,21 @@ def _reasons(stored: StoredApproval) -> list[ReasonView]:
     return out
 
 
-def _dry_run(a: Approval, person: str, decision: VoteDecision, now: datetime) -> str | None:
-    """Why the workflow would refuse this vote now, or None when it would take it (pure)."""
+def _dry_run(
+    a: Approval,
+    person: str,
+    decision: VoteDecision,
+    now: datetime,
+    factor: str | None = None,
+    geo: str | None = None,
+) -> str | None:
+    """Why the workflow would refuse this vote now, or None when it would take it (pure).
+    `factor` and `geo`: what a vote from the page would carry (see `inbox_mfa.page_extra`)."""
     comment = "reason" if decision is VoteDecision.DENY else None
-    vote = Vote(person, decision, a.stage_index, now, comment=comment, channel=CHANNEL)
+    vote = Vote(
+        person, decision, a.stage_index, now, comment=comment, channel=CHANNEL, factor=factor,
+        geo=geo,
+    )  # fmt: skip
     try:
         workflow.cast_vote(a, vote, now)
     except workflow.Rejected as exc:
@@ -539,6 +565,8 @@ def _part(a: Approval, person: str) -> str:
 def _involved(a: Approval, person: str) -> bool:
     if a.requester == person or any(v.person == person for v in a.votes):
         return True
+    if any(person == delegate for _, delegate in a.delegations):
+        return True
     return any(person in r.approvers for s in a.plan.stages for r in s.requirements)
 
 
@@ -609,6 +637,7 @@ async def login(request: Request) -> Response:
         )  # fmt: skip
 
     old = request.cookies.get(SESSION_COOKIE)
+    geo = vote_proof(request).geo
 
     def start(tx: WriteTx) -> sessions.NewSession:
         if old:  # no session fixation: whatever session came in ends here
@@ -616,6 +645,7 @@ async def login(request: Request) -> Response:
             if previous is not None:
                 sessions.revoke(tx.conn, previous.id, now)
         new = sessions.create(tx.conn, person_id, now)
+        mfa.record_geo(tx.conn, new.session.id, person_id, geo, now)  # for require_context
         tx.audit(
             AuditDraft(
                 kind=Kind.LOGIN, ts=now, actor=person_id, approver=person_id, channel=CHANNEL,
@@ -729,17 +759,21 @@ def _approval_page(
     notice: str | None = None,
     approve_comment: str = "",
     deny_comment: str = "",
+    extra: Mapping[str, Any] | None = None,
 ) -> HTMLResponse:
+    """`extra`: values from `_page_extra` (the step-up panel, an admin change's diff)."""
     gateway = _gateway(request)
     directory = gateway.policy.directory
     now = gateway.clock()
     a = stored.approval
     me = viewer.id
+    extra = dict(extra or {})
+    factor, geo = extra.pop("vote_factor", None), extra.pop("vote_geo", None)
     can_approve = can_deny = False
     why_not: str | None = None
     if a.state is ApprovalState.PENDING:
-        approve_refusal = _dry_run(a, me, VoteDecision.APPROVE, now)
-        deny_refusal = _dry_run(a, me, VoteDecision.DENY, now)
+        approve_refusal = _dry_run(a, me, VoteDecision.APPROVE, now, factor, geo)
+        deny_refusal = _dry_run(a, me, VoteDecision.DENY, now, factor, geo)
         can_approve = approve_refusal is None
         can_deny = deny_refusal is None
         why_not = approve_refusal
@@ -753,7 +787,19 @@ def _approval_page(
         can_approve=can_approve, can_deny=can_deny, why_not=why_not,
         error=error, notice=notice, approve_comment=approve_comment,
         deny_comment=deny_comment, deadline=relative(a.expires_at, now), nav="inbox",
+        **extra,
     )  # fmt: skip
+
+
+async def _page_extra(request: Request, viewer: Viewer, stored: StoredApproval) -> dict[str, Any]:
+    """What the approval page shows beyond the request itself: the second-factor panel of a
+    step-up stage, and the diff of an administrative change."""
+    from . import inbox_admin, inbox_mfa  # they build on this module
+
+    return {
+        **await inbox_mfa.page_extra(request, viewer, stored),
+        **await inbox_admin.page_extra(request, viewer, stored),
+    }
 
 
 @router.get("/approvals/{approval_id}")
@@ -764,7 +810,8 @@ async def approval(request: Request, approval_id: str, done: str | None = None) 
     stored = await _visible(request, viewer, approval_id)
     if stored is None:
         return _not_found(request, viewer)
-    return _approval_page(request, viewer, stored, notice=_DONE.get(done or ""))
+    extra = await _page_extra(request, viewer, stored)
+    return _approval_page(request, viewer, stored, notice=_DONE.get(done or ""), extra=extra)
 
 
 @router.post("/approvals/{approval_id}/decide")
@@ -783,18 +830,27 @@ async def decide(request: Request, approval_id: str) -> Response:
         return _error(request, viewer, 400, "Unknown decision", "Choose Approve or Deny.")
     comment = form.get("comment", "")[:MAX_COMMENT]
     gateway = _gateway(request)
+    proof = vote_proof(request, totp=form.get("totp"), session_id=viewer.session.id)
     try:
-        await gateway.approvals.decide(
-            approval_id, person=viewer.id, decision=decision, comment=comment, channel=CHANNEL
-        )
+        if decision == "always":  # approve + a standing grant (clearance.grants)
+            await grants.approve_always(
+                gateway.approvals, gateway.policy, approval_id, person=viewer.id,
+                comment=comment, channel=CHANNEL, proof=proof,
+            )  # fmt: skip
+        else:
+            await gateway.approvals.decide(
+                approval_id, person=viewer.id, decision=decision, comment=comment,
+                channel=CHANNEL, proof=proof,
+            )  # fmt: skip
     except ApprovalNotFound:
         return _not_found(request, viewer)
     except ApprovalError as exc:
         fresh = await _visible(request, viewer, approval_id) or stored
         return _approval_page(
             request, viewer, fresh, status=exc.status, error=exc.message,
-            approve_comment=comment if decision == "approve" else "",
+            approve_comment=comment if decision in ("approve", "always") else "",
             deny_comment=comment if decision == "deny" else "",
+            extra=await _page_extra(request, viewer, fresh),
         )  # fmt: skip
     return RedirectResponse(f"/ui/approvals/{quote(approval_id)}?done={decision}", 303)
 

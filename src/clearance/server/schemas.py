@@ -48,6 +48,9 @@ class DecisionOut(BaseModel):
     approval_id: str | None = None
     state: str | None = None
     expires_at: str | None = None
+    grant_id: str | None = None  # allowed by this standing grant
+    remembered_denial: str | None = None  # denied as this earlier request was
+    released_by_override: bool | None = None  # an emergency override approved it ahead
 
 
 class VoteOut(BaseModel):
@@ -58,11 +61,15 @@ class VoteOut(BaseModel):
     channel: str
     stage: int
     at: str
+    on_behalf_of: str | None = None  # a delegate's vote: whose seat it filled
 
 
 class StageProgressOut(BaseModel):
     name: str
     requirements: list[dict[str, Any]]
+    # Step-up (clearance.identity.mfa): votes here need this second factor / approver context.
+    mfa: str | None = None
+    require_context: dict[str, list[str]] | None = None
 
 
 class DeliveryOut(BaseModel):
@@ -98,6 +105,13 @@ class ApprovalOut(BaseModel):
     summary: str
     deliveries: list[DeliveryOut] | None = None
     warnings: list[str] = []
+    # A denial, for the agent and the model behind it: who, why, and not to retry as is.
+    denial: dict[str, Any] | None = None
+    # "Approve always" is possible here (clearance.grants): its scope and longest lifetime.
+    grant_offer: dict[str, Any] | None = None
+    # Reminders and escalations that fired, and the delegates in force ("bob for alice").
+    routing: list[dict[str, Any]] = []
+    delegations: list[str] = []
 
 
 class ApprovalList(BaseModel):
@@ -107,6 +121,12 @@ class ApprovalList(BaseModel):
 class DecisionIn(_In):
     decision: Literal["approve", "deny"]
     comment: str | None = Field(default=None, max_length=4000)
+    totp: str | None = Field(
+        default=None,
+        max_length=16,
+        description="A current authenticator code, for a stage that requires `mfa: totp` "
+        "(single-use; never stored or audited)",
+    )
 
 
 class ReleaseIn(_In):
@@ -142,10 +162,17 @@ class ReloadOut(BaseModel):
     problems: str | None = None
 
 
+def _offer_shown(stored: StoredApproval) -> dict[str, Any] | None:
+    """The "approve always" offer as people see it (its lookup hash stays inside)."""
+    offer = stored.decision.get("grant_offer")
+    return {k: v for k, v in offer.items() if k != "scope_hash"} if offer else None
+
+
 def approval_out(
     stored: StoredApproval, directory: Directory, deliveries: list[Delivery] | None = None
 ) -> ApprovalOut:
     from ..approvals import workflow
+    from ..denials import agent_feedback
 
     a = stored.approval
     stages = []
@@ -160,7 +187,12 @@ def approval_out(
                     "needed": progress.needed,
                 }
             )
-        stages.append(StageProgressOut(name=stage.name, requirements=reqs))
+        context = {k: list(v) for k, v in stage.require_context} or None
+        stages.append(
+            StageProgressOut(
+                name=stage.name, requirements=reqs, mfa=stage.mfa, require_context=context
+            )
+        )
     return ApprovalOut(
         id=a.id,
         state=a.state.value,
@@ -182,9 +214,12 @@ def approval_out(
                 channel=v.channel,
                 stage=v.stage_index,
                 at=v.at.isoformat(),
+                on_behalf_of=v.on_behalf_of,
             )
             for v in a.votes
         ],
+        routing=[e.to_json() for e in a.routing_log],
+        delegations=[f"{delegate} for {delegator}" for delegator, delegate in a.delegations],
         created_at=a.created_at.isoformat(),
         expires_at=a.expires_at.isoformat(),
         decided_at=a.decided_at.isoformat() if a.decided_at else None,
@@ -194,6 +229,8 @@ def approval_out(
         execution_result=a.execution_result,
         policy_version=stored.policy_version,
         summary=workflow.summary(a),
+        denial=agent_feedback(stored),
+        grant_offer=_offer_shown(stored) if a.state.value == "pending" else None,
         deliveries=None
         if deliveries is None
         else [

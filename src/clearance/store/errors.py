@@ -25,6 +25,8 @@ def is_unavailable(exc: BaseException) -> bool:
     """Whether `exc` means the database could not be used (as opposed to a bad statement)."""
     if isinstance(exc, StoreUnavailable):
         return True
+    if _unavailable_sqlstate(exc):
+        return True
     if isinstance(exc, sa_exc.DBAPIError):
         # OperationalError: connection refused/lost, "database is locked", "unable to open
         # database file", disk I/O errors. InterfaceError: connection already closed.
@@ -44,6 +46,27 @@ def is_unavailable(exc: BaseException) -> bool:
 
 
 _PSYCOPG_UNAVAILABLE = frozenset({"OperationalError", "InterfaceError"})
+
+# PostgreSQL's SQLSTATE classes that mean "this server can't serve you now": connection
+# exceptions (08), insufficient resources (53), operator intervention such as shutdown (57),
+# system errors (58), and a database that doesn't exist (3D000). asyncpg's errors reach us
+# wrapped in SQLAlchemy's generic `Error`, so the code, not the class, says what happened.
+_UNAVAILABLE_CLASSES = ("08", "53", "57", "58")
+
+
+def _unavailable_sqlstate(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(3):  # the exception, the driver's, and the one it was raised from
+        if seen is None:
+            return False
+        code = getattr(seen, "sqlstate", None) or getattr(seen, "pgcode", None)
+        if isinstance(code, str) and len(code) == 5:
+            if code.startswith(_UNAVAILABLE_CLASSES) or code == "3D000":
+                return True
+            # 55000 covers much; at connect time it is "not currently accepting connections".
+            return code == "55000" and "accepting connections" in str(seen)
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return False
 
 
 def unavailable_from(exc: BaseException) -> StoreUnavailable:

@@ -46,6 +46,7 @@ __all__ = [
     "JSONText",
     "UTCDateTime",
     "api_keys",
+    "approval_timers",
     "approvals",
     "audit_checkpoints",
     "audit_entries",
@@ -53,9 +54,12 @@ __all__ = [
     "channel_events",
     "channel_tokens",
     "credentials",
+    "delegations",
     "deliveries",
     "metadata",
     "outbox",
+    "routing_cursors",
+    "routing_picks",
     "sessions",
     "votes",
 ]
@@ -159,6 +163,8 @@ approvals = Table(
     Column("execution_result", Text()),
     Column("executed_at", UTCDateTime()),
     Column("version", Integer(), nullable=False, server_default="0"),  # compare-and-set
+    # delegations in force and the reminders/escalations that fired (migration 0004)
+    Column("routing_json", JSONText()),
     CheckConstraint(_in("state", APPROVAL_STATES), name="state"),
     CheckConstraint(
         f"execution_state IS NULL OR {_in('execution_state', EXECUTION_STATES)}",
@@ -181,6 +187,8 @@ votes = Table(
     Column("stage_index", Integer(), nullable=False),
     Column("on_behalf_of", String(255)),
     Column("at", UTCDateTime(), nullable=False),
+    Column("factor", String(16)),  # the second factor the vote came with (migration 0006)
+    Column("geo", String(64)),  # the approver's location, when a stage required it (0006)
     UniqueConstraint("approval_id", "person"),
     CheckConstraint(_in("decision", VOTE_DECISIONS), name="decision"),
 )
@@ -323,7 +331,107 @@ channel_events = Table(
 )
 
 
+# -- escalation, reminders, stage routing, delegation (migration 0004) --------------------------
+
+approval_timers = Table(
+    "approval_timers",
+    metadata,
+    # The next reminder or escalation of a pending approval (clearance.approvals.jobs).
+    Column("approval_id", String(64), primary_key=True),
+    Column("due_at", UTCDateTime(), nullable=False),
+    Column("locked_by", String(128)),
+    Column("locked_until", UTCDateTime()),
+    Index("ix_approval_timers_due_at", "due_at"),
+)
+
+routing_cursors = Table(
+    "routing_cursors",
+    metadata,
+    # Where `pick: round_robin` continues, per stage and group (clearance.delegation).
+    Column("key", String(255), primary_key=True),
+    Column("position", BigInteger(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+routing_picks = Table(
+    "routing_picks",
+    metadata,
+    # Who `pick` paged for which stage of which request (the load `least_loaded` balances).
+    Column("approval_id", String(64), primary_key=True),
+    Column("stage_index", Integer(), primary_key=True, autoincrement=False),
+    Column("person", String(255), primary_key=True),
+    Column("picked_at", UTCDateTime(), nullable=False),
+    Index("ix_routing_picks_person", "person"),
+)
+
+delegations = Table(
+    "delegations",
+    metadata,
+    # A person's delegate while they are away: one at a time (clearance.delegation).
+    Column("delegator", String(255), primary_key=True),
+    Column("delegate", String(255), nullable=False),
+    Column("starts_at", UTCDateTime(), nullable=False),
+    Column("until", UTCDateTime(), nullable=False),
+    Column("created_by", String(255)),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+
+# -- standing grants, emergency overrides, remembered denials (migration 0005) ------------------
+
+REVIEW_STATES = ("open", "justified", "flagged")
+
+grants = Table(
+    "grants",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("scope_hash", String(80), nullable=False),  # rules + action + scoped values, hashed
+    Column("rules_key", String(255), nullable=False),  # the approve rules it answers, sorted
+    Column("action", String(255), nullable=False),
+    Column("scope_json", JSONText(), nullable=False),  # {field: value shown (redacted)}
+    Column("grantor", String(255), nullable=False),
+    Column("approval_id", String(64), nullable=False),  # the request approved "always"
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("revoked_at", UTCDateTime()),
+    Column("revoked_by", String(255)),
+    Column("revoke_reason", Text()),
+    Index("ix_grants_scope_hash", "scope_hash"),
+)
+
+overrides = Table(
+    "overrides",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("approval_id", String(64), nullable=False),
+    Column("person", String(255), nullable=False),
+    Column("reason", Text(), nullable=False),
+    Column("action", String(255), nullable=False),
+    Column("binding_hash", String(80), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("review_state", String(16), nullable=False),
+    Column("reviewed_by", String(255)),
+    Column("reviewed_at", UTCDateTime()),
+    Column("review_comment", Text()),
+    CheckConstraint(_in("review_state", REVIEW_STATES), name="review_state"),
+    Index("ix_overrides_person_created_at", "person", "created_at"),
+    Index("ix_overrides_binding_hash", "binding_hash"),
+    Index("ix_overrides_review_state", "review_state"),
+)
+
+remembered_denials = Table(
+    "remembered_denials",
+    metadata,
+    Column("binding_hash", String(80), primary_key=True),  # action + params + actor
+    Column("approval_id", String(64), nullable=False),
+    Column("reason", Text(), nullable=False),
+    Column("denied_by", String(255)),
+    Column("denied_at", UTCDateTime(), nullable=False),
+)
+
+
 # Tables other packages define on this `metadata`, each created by its own migration, are
 # imported here so that `metadata` is complete wherever the schema is used (Alembic, the
 # schema test). Keep this at the end: those modules import the names above.
 import clearance.risk.tables  # noqa: E402, F401 - registers risk_state (migration 0003_risk)
+from clearance.store import mfa_admin_tables as _mfa_admin  # noqa: E402, F401 - (0006_mfa_admin)

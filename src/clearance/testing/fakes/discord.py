@@ -4,7 +4,8 @@
 
 - `POST /users/@me/channels {recipient_id}` → the DM channel object (the same one each time),
 - `POST /channels/{channel_id}/messages` → the message object; `nonce` + `enforce_nonce`
-  return the earlier message for a repeated nonce instead of creating a second one,
+  return the earlier message for a nonce repeated within `nonce_window_s` (Discord keeps
+  them "a few minutes") instead of creating a second one,
 - `PATCH /channels/{channel_id}/messages/{message_id}` → the edited message,
 
 with `Authorization: Bot <token>` checked (401 `{"message": "401: Unauthorized", "code": 0}`),
@@ -23,6 +24,8 @@ from __future__ import annotations
 import itertools
 import json
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -58,12 +61,14 @@ class FakeDiscord:
     messages: dict[str, dict[str, Any]] = field(default_factory=dict)
     failures: list[int] = field(default_factory=list)
     fail_after_create: int = 0  # create the message, then answer 500 (a lost response)
+    clock: Callable[[], float] = time.time  # Discord's clock, for how long nonces are kept
+    nonce_window_s: float = 300.0  # "in the past few minutes": a nonce older than this is new
 
     def __post_init__(self) -> None:
         self.signing_key = SigningKey(self.seed)
         self.public_key = self.signing_key.verify_key.encode().hex()
         self._seq = itertools.count(1)
-        self._nonces: dict[tuple[str, str], str] = {}
+        self._nonces: dict[tuple[str, str], tuple[str, float]] = {}
         self.app = Starlette(
             routes=[
                 Route("/api/v10/users/@me/channels", self._open_dm, methods=["POST"]),
@@ -186,8 +191,8 @@ class FakeDiscord:
         nonce = body.get("nonce")
         if nonce is not None and body.get("enforce_nonce"):
             earlier = self._nonces.get((channel_id, str(nonce)))
-            if earlier is not None:
-                return JSONResponse(self.messages[earlier])
+            if earlier is not None and self.clock() - earlier[1] < self.nonce_window_s:
+                return JSONResponse(self.messages[earlier[0]])
         message = {
             "id": self._snowflake(),
             "type": 0,
@@ -214,7 +219,7 @@ class FakeDiscord:
         }
         if nonce is not None:
             message["nonce"] = nonce
-            self._nonces[(channel_id, str(nonce))] = message["id"]
+            self._nonces[(channel_id, str(nonce))] = (message["id"], self.clock())
         self.messages[message["id"]] = message
         channel["last_message_id"] = message["id"]
         if self.fail_after_create > 0:
@@ -313,6 +318,22 @@ class FakeDiscord:
             {"custom_id": data["custom_id"], "components": components},
         )
 
+    def command(
+        self, user_id: str, name: str = "approve", *, in_guild: bool = False, **options: str
+    ) -> dict[str, Any]:
+        """The APPLICATION_COMMAND interaction for `user_id` running the chat-input command
+        `/name` with string options (`id`, `decision`, `reason`), in their DM with the bot."""
+        channel_id = self.dm_channel(user_id) or self._snowflake()
+        data = {
+            "id": "1300000000000000100",
+            "name": name,
+            "type": 1,  # CHAT_INPUT
+            "options": [{"name": k, "type": 3, "value": v} for k, v in options.items()],
+        }
+        return self._interaction(
+            2, user_id, {"channel_id": channel_id}, data, in_guild=in_guild, with_message=False
+        )
+
     def _interaction(
         self,
         kind: int,
@@ -321,6 +342,7 @@ class FakeDiscord:
         data: dict[str, Any],
         *,
         in_guild: bool = False,
+        with_message: bool = True,
     ) -> dict[str, Any]:
         user = {
             "id": user_id,
@@ -338,13 +360,14 @@ class FakeDiscord:
             "channel": {"id": message["channel_id"], "type": 0 if in_guild else 1},
             "token": secrets.token_urlsafe(48),
             "version": 1,
-            "message": message,
             "locale": "en-US",
             "app_permissions": "562949953601536",
             "entitlements": [],
             "authorizing_integration_owners": {"0": "1", "1": user_id},
             "context": 0 if in_guild else 1,
         }
+        if with_message:
+            payload["message"] = message
         if in_guild:
             payload["guild_id"] = "1200000000000000001"
             payload["member"] = {"user": user, "roles": [], "nick": None, "permissions": "0"}

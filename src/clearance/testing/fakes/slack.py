@@ -3,8 +3,10 @@
 `FakeSlack().app` is an ASGI app serving `POST /api/<method>` the way slack.com does: a bearer
 token (or a `token` form field), JSON or form-encoded arguments, and the envelope
 `{"ok": true, ...}` / `{"ok": false, "error": "invalid_auth"}` with HTTP 200 (429 for rate
-limits). It implements chat.postMessage, chat.update, chat.postEphemeral and views.open,
-keeps the messages as they now stand, and records every call.
+limits). It implements chat.postMessage (with message `metadata`), chat.update,
+chat.postEphemeral, views.open, conversations.open and conversations.history (`oldest`,
+`latest`, cursor paging; metadata returned only with `include_all_metadata`), keeps the
+messages as they now stand, and records every call.
 
 It also builds what Slack sends to an app's Interactivity Request URL: `block_actions` when a
 button of a stored message is clicked, `view_submission` when an opened modal is submitted,
@@ -22,6 +24,8 @@ from __future__ import annotations
 import itertools
 import json
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlencode
@@ -60,6 +64,8 @@ class FakeSlack:
     views: list[dict[str, Any]] = field(default_factory=list)
     triggers: set[str] = field(default_factory=set)
     failures: list[int] = field(default_factory=list)
+    clock: Callable[[], float] = time.time  # Slack's clock: message timestamps come from it
+    fail_after_post: int = 0  # post the message, then answer 500 (a lost response)
 
     def __post_init__(self) -> None:
         self._seq = itertools.count(1)
@@ -79,6 +85,7 @@ class FakeSlack:
         self.views.clear()
         self.triggers.clear()
         self.failures.clear()
+        self.fail_after_post = 0
 
     def calls_to(self, method: str) -> list[SlackCall]:
         """The successful calls of one method."""
@@ -106,6 +113,8 @@ class FakeSlack:
             "chat.update": self._update,
             "chat.postEphemeral": self._post_ephemeral,
             "views.open": self._views_open,
+            "conversations.open": self._conversations_open,
+            "conversations.history": self._conversations_history,
         }.get(method)
         if handler is None:
             call.error, call.status = "unknown_method", 404
@@ -119,6 +128,10 @@ class FakeSlack:
         result = handler(args)
         if not result.get("ok"):
             call.error = str(result.get("error"))
+        elif method == "chat.postMessage" and self.fail_after_post > 0:
+            self.fail_after_post -= 1
+            call.status, call.error = 500, "http_error"
+            return PlainTextResponse("upstream request timeout", 500)
         return JSONResponse(result)
 
     def _post_message(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -133,8 +146,15 @@ class FakeSlack:
             return {"ok": False, "error": "invalid_blocks", "errors": [error]}
         if channel[0] in "UW":  # a user id: the app's DM with that user
             channel = "D" + channel[1:]
+        metadata = _json_arg(args.get("metadata"))
+        if metadata is not None and (
+            not isinstance(metadata, dict)
+            or not isinstance(metadata.get("event_type"), str)
+            or not isinstance(metadata.get("event_payload"), dict)
+        ):
+            return {"ok": False, "error": "invalid_metadata_format"}
         n = next(self._seq)
-        ts = f"{1_790_000_000 + n}.{n:06d}"
+        ts = f"{int(self.clock())}.{n:06d}"
         message = {
             "type": "message",
             "subtype": "bot_message",
@@ -146,8 +166,50 @@ class FakeSlack:
             "team": TEAM,
             "ts": ts,
         }
+        if metadata is not None:
+            message["metadata"] = metadata
         self.messages[(channel, ts)] = message
         return {"ok": True, "channel": channel, "ts": ts, "message": message}
+
+    def _conversations_open(self, args: dict[str, Any]) -> dict[str, Any]:
+        users = str(args.get("users") or "")
+        if not users or "," in users or users[0] not in "UW":
+            return {"ok": False, "error": "user_not_found" if users else "users_list_not_supplied"}
+        return {"ok": True, "channel": {"id": "D" + users[1:]}}
+
+    def _conversations_history(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Newest first; `oldest`/`latest` exclusive; metadata only with include_all_metadata."""
+        channel = str(args.get("channel") or "")
+        if not channel:
+            return {"ok": False, "error": "channel_not_found"}
+        try:
+            oldest = float(args.get("oldest") or 0)
+            latest = float(args.get("latest") or "inf")
+            limit = min(max(int(args.get("limit") or 100), 1), 999)
+            start = int(args.get("cursor") or 0)
+        except ValueError:
+            return {"ok": False, "error": "invalid_arguments"}
+        with_metadata = str(args.get("include_all_metadata", "")).lower() in ("true", "1")
+        found = sorted(
+            (
+                m
+                for (c, ts), m in self.messages.items()
+                if c == channel and oldest < float(ts) < latest
+            ),
+            key=lambda m: float(m["ts"]),
+            reverse=True,
+        )
+        page = found[start : start + limit]
+        shown = [
+            m if with_metadata else {k: v for k, v in m.items() if k != "metadata"} for m in page
+        ]
+        more = start + limit < len(found)
+        return {
+            "ok": True,
+            "messages": shown,
+            "has_more": more,
+            "response_metadata": {"next_cursor": str(start + limit) if more else ""},
+        }
 
     def _update(self, args: dict[str, Any]) -> dict[str, Any]:
         key = (str(args.get("channel") or ""), str(args.get("ts") or ""))
@@ -284,11 +346,40 @@ class FakeSlack:
             "enterprise": None,
         }
 
+    def slash_command(
+        self, user: str, text: str, *, command: str = "/approve", channel: str | None = None
+    ) -> dict[str, str]:
+        """The form fields Slack POSTs to a slash command's Request URL when `user` types
+        `command text` (in their DM with the app, unless `channel` says otherwise)."""
+        n = next(self._seq)
+        return {
+            "token": "verification-token-deprecated",
+            "team_id": TEAM,
+            "team_domain": "clearance-test",
+            "channel_id": channel or "D" + user[1:],
+            "channel_name": "directmessage",
+            "user_id": user,
+            "user_name": user.lower(),
+            "command": command,
+            "text": text,
+            "api_app_id": APP,
+            "is_enterprise_install": "false",
+            "response_url": f"https://hooks.slack.com/commands/{TEAM}/{n}/{secrets.token_hex(8)}",
+            "trigger_id": f"{n}.{1_790_000_000}.{secrets.token_hex(16)}",
+        }
+
     def signed(
-        self, payload: dict[str, Any], *, timestamp: int, secret: str | None = None
+        self,
+        payload: dict[str, Any],
+        *,
+        timestamp: int,
+        secret: str | None = None,
+        form: bool = False,
     ) -> tuple[bytes, dict[str, str]]:
-        """The HTTP body and headers Slack would POST for `payload`."""
-        body = urlencode({"payload": json.dumps(payload)}).encode()
+        """The HTTP body and headers Slack would POST for `payload` (an interaction payload,
+        or with `form` the fields of a slash command)."""
+        fields = payload if form else {"payload": json.dumps(payload)}
+        body = urlencode(fields).encode()
         verifier = SignatureVerifier(secret or self.signing_secret)
         signature = verifier.generate_signature(timestamp=str(timestamp), body=body) or ""
         headers = {

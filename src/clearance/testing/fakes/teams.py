@@ -339,6 +339,34 @@ class FakeTeams:
         activity["text"] = ""
         return self.activity_request(activity, now=now, variant=variant)
 
+    def message(
+        self,
+        text: str,
+        *,
+        user: str,
+        now: datetime,
+        activity_id: str | None = None,
+        conversation_id: str | None = None,
+        variant: str | None = None,
+    ) -> tuple[bytes, dict[str, str]]:
+        """The message activity for `user` typing `text` to the bot in their personal chat."""
+        activity = self._base_activity(
+            "message",
+            user=user,
+            conversation_id=conversation_id,
+            activity_id=activity_id,
+            now=now,
+            reply_to=None,
+        )
+        activity["text"] = text
+        activity["textFormat"] = "plain"
+        with self._lock:  # someone who writes to the bot has a conversation with it
+            self.conversations.setdefault(
+                activity["conversation"]["id"],
+                {"members": [{"id": user}], "bot": {"id": f"28:{self.app_id}"}},
+            )
+        return self.activity_request(activity, now=now, variant=variant)
+
     # -- what was sent -------------------------------------------------------------------------
     def cards(self) -> list[dict[str, Any]]:
         """The Adaptive Cards posted to conversations, in order."""

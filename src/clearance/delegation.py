@@ -1,0 +1,418 @@
+"""Delegation (out of office) and stage routing (`pick`): the routing decisions that read the
+store, applied when the gateway creates an approval.
+
+Delegation: a person names a delegate until a date (`clearance users delegate alice --to bob
+--until 2026-12-01`, or the web inbox's Delegation page). While it is in force, requests that
+would go to alice are routed to bob, who votes in alice's seat (the vote records
+`on_behalf_of`, the audit says "bob for alice"). Rules:
+- the delegate must be in the directory, someone else, with an end in the future, and no
+  loop (a→b while b→a) may form; a person has one delegation at a time (a new one replaces it);
+- chains are followed (a→b and b→c routes a's requests to c), never onto the requester: a
+  delegate who requested the action is skipped and the request goes to the delegator;
+- the delegator keeps the right to vote; the delegator and the delegate count once (whoever
+  votes first), a person may not vote twice under two names;
+- delegations are captured when the request is created, for every person who could be asked
+  (approvers, the reserve `pick` held back, and the escalation levels): a later change applies
+  to later requests.
+
+Stage routing (`pick`): when a stage's single requirement lists more people than it needs,
+`round_robin` pages the next `required` people of the group in turn (a durable cursor per
+stage and group, locked while it moves, so several servers share one rotation), and
+`least_loaded` those with the fewest pending requests waiting on them through a pick. The rest
+of the group is kept as the requirement's `reserve` and joins at `escalate_after`. A pick that
+would make the plan impossible (one person counts once across stages) is not applied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, RowMapping, and_, delete, exists, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from .approvals.model import Approval
+from .approvals.records import StoredApproval
+from .audit.entry import AuditDraft
+from .audit.writer import WriteTx
+from .directory import Directory
+from .matching import feasible
+from .policy.model import Pick, ResolvedPlan, ResolvedRequirement, ResolvedStage
+from .store.schema import approvals, delegations, routing_cursors, routing_picks, votes
+
+MAX_CHAIN = 8
+
+
+class DelegationError(ValueError):
+    """A delegation that cannot be made; `code` is stable, the message says why."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Delegation:
+    delegator: str
+    delegate: str
+    starts_at: datetime
+    until: datetime
+    created_by: str | None
+    created_at: datetime
+
+    def active(self, now: datetime) -> bool:
+        return self.starts_at <= now < self.until
+
+    def to_json(self) -> dict[str, str | None]:
+        return {
+            "delegator": self.delegator,
+            "delegate": self.delegate,
+            "starts_at": self.starts_at.isoformat(),
+            "until": self.until.isoformat(),
+            "created_by": self.created_by,
+            "created_at": self.created_at.isoformat(),
+        }
+
+
+# -- delegations -------------------------------------------------------------------------------
+
+
+def set_delegation(
+    conn: Connection,
+    directory: Directory,
+    *,
+    delegator: str,
+    delegate: str,
+    until: datetime,
+    now: datetime,
+    by: str | None = None,
+    starts_at: datetime | None = None,
+) -> Delegation:
+    """Name `delegate` for `delegator` from `starts_at` (default now) to `until`."""
+    for who in (delegator, delegate):
+        if directory.get(who) is None:
+            raise DelegationError("unknown_person", f"{who!r} is not in the directory")
+    if delegate == delegator:
+        raise DelegationError("self_delegation", f"{delegator} cannot delegate to themselves")
+    start = starts_at or now
+    if until <= now:
+        raise DelegationError(
+            "until_in_past", f"--until {until.isoformat()} is not in the future; pick a later date"
+        )
+    if until <= start:
+        raise DelegationError("empty_period", "the delegation ends before it starts")
+    current = active_map(conn, now)
+    current[delegator] = delegate
+    seen = [delegator]
+    cursor = delegate
+    while cursor in current:
+        seen.append(cursor)
+        cursor = current[cursor]
+        if cursor == delegator:
+            chain = " → ".join([*seen, delegator])
+            raise DelegationError(
+                "delegation_loop",
+                f"this would make a loop ({chain}); end {seen[1]}'s delegation first",
+            )
+        if len(seen) > MAX_CHAIN:
+            break
+    conn.execute(delete(delegations).where(delegations.c.delegator == delegator))
+    conn.execute(
+        insert(delegations).values(
+            delegator=delegator,
+            delegate=delegate,
+            starts_at=start,
+            until=until,
+            created_by=by,
+            created_at=now,
+        )
+    )
+    return Delegation(delegator, delegate, start, until, by, now)
+
+
+def clear_delegation(conn: Connection, delegator: str) -> Delegation | None:
+    """End `delegator`'s delegation; returns it, or None when there was none."""
+    found = get_delegation(conn, delegator)
+    if found is not None:
+        conn.execute(delete(delegations).where(delegations.c.delegator == delegator))
+    return found
+
+
+def get_delegation(conn: Connection, delegator: str) -> Delegation | None:
+    row = (
+        conn.execute(select(delegations).where(delegations.c.delegator == delegator))
+        .mappings()
+        .first()
+    )
+    return _delegation(row) if row is not None else None
+
+
+def list_delegations(conn: Connection, now: datetime | None = None) -> list[Delegation]:
+    """Every delegation, or only those not yet over at `now`; by delegator."""
+    query = select(delegations).order_by(delegations.c.delegator)
+    if now is not None:
+        query = query.where(delegations.c.until > now)
+    return [_delegation(r) for r in conn.execute(query).mappings()]
+
+
+def active_map(
+    conn: Connection, now: datetime, people: Iterable[str] | None = None
+) -> dict[str, str]:
+    """delegator → delegate for the delegations in force at `now` (of `people`, if given)."""
+    query = select(delegations.c.delegator, delegations.c.delegate).where(
+        and_(delegations.c.starts_at <= now, delegations.c.until > now)
+    )
+    if people is not None:
+        wanted = list(dict.fromkeys(people))
+        if not wanted:
+            return {}
+        query = query.where(delegations.c.delegator.in_(wanted))
+    return {str(a): str(b) for a, b in conn.execute(query)}
+
+
+def resolve_delegates(
+    active: Mapping[str, str], people: Iterable[str], requester: str | None
+) -> tuple[tuple[str, str], ...]:
+    """(delegator, delegate) for each of `people` with a delegate in force: chains followed
+    to their end, never onto the requester (that person keeps the request)."""
+    out: list[tuple[str, str]] = []
+    for person in dict.fromkeys(people):
+        target: str | None = None
+        cursor = person
+        seen = {person}
+        while cursor in active and len(seen) <= MAX_CHAIN:
+            nxt = active[cursor]
+            if nxt in seen or nxt == requester:
+                break
+            seen.add(nxt)
+            target = cursor = nxt
+        if target is not None and person != requester:
+            out.append((person, target))
+    return tuple(out)
+
+
+def _chain_people(conn: Connection, now: datetime, people: Iterable[str]) -> dict[str, str]:
+    """The delegations in force for `people` and for their delegates, down the chains."""
+    found: dict[str, str] = {}
+    frontier = list(dict.fromkeys(people))
+    for _ in range(MAX_CHAIN):
+        fresh = active_map(conn, now, [p for p in frontier if p not in found])
+        if not fresh:
+            break
+        found.update(fresh)
+        frontier = list(fresh.values())
+    return found
+
+
+def delegate_audited(
+    tx: WriteTx,
+    directory: Directory,
+    *,
+    delegator: str,
+    delegate: str,
+    until: datetime,
+    now: datetime,
+    by: str | None,
+    channel: str,
+    starts_at: datetime | None = None,
+) -> Delegation:
+    """`set_delegation` and its audit entry (`delegation.set`), in one transaction."""
+    made = set_delegation(
+        tx.conn,
+        directory,
+        delegator=delegator,
+        delegate=delegate,
+        until=until,
+        now=now,
+        by=by,
+        starts_at=starts_at,
+    )
+    tx.audit(
+        AuditDraft(
+            kind="delegation.set",
+            ts=now,
+            actor=by,
+            approver=delegate,
+            channel=channel,
+            data={**made.to_json(), "summary": f"{delegate} for {delegator}"},
+        )
+    )
+    return made
+
+
+def undelegate_audited(
+    tx: WriteTx, *, delegator: str, now: datetime, by: str | None, channel: str
+) -> Delegation | None:
+    """`clear_delegation` and its audit entry (`delegation.cleared`) when there was one."""
+    ended = clear_delegation(tx.conn, delegator)
+    if ended is not None:
+        tx.audit(
+            AuditDraft(
+                kind="delegation.cleared",
+                ts=now,
+                actor=by,
+                approver=ended.delegate,
+                channel=channel,
+                data=ended.to_json(),
+            )
+        )
+    return ended
+
+
+# -- routing a new approval --------------------------------------------------------------------
+
+
+def route(conn: Connection, stored: StoredApproval, now: datetime) -> StoredApproval:
+    """The approval as it should be created: `pick` applied to each stage that asks for it,
+    and the delegations in force captured. In the creating transaction."""
+    a = stored.approval
+    plan = _pick(conn, a, now)
+    people = [
+        p
+        for stage in plan.stages
+        for p in (
+            *(q for r in stage.requirements for q in (*r.approvers, *r.reserve)),
+            *(q for level in (stage.routing.escalate_to if stage.routing else ()) for q in level),
+        )
+    ]
+    found = _chain_people(conn, now, people)
+    pairs = resolve_delegates(found, people, a.requester) if found else ()
+    if plan == a.plan and not pairs:
+        return stored
+    return stored.replace(dataclasses.replace(a, plan=plan, delegations=pairs))
+
+
+def audit_data(approval: Approval) -> dict[str, object]:
+    """What the approval's creation entry says about routing: picks and delegations."""
+    out: dict[str, object] = {}
+    if approval.delegations:
+        out["delegations"] = [f"{b} for {a}" for a, b in approval.delegations]
+    picked = {
+        s.name: [p for r in s.requirements for p in r.approvers]
+        for s in approval.plan.stages
+        if any(r.reserve for r in s.requirements)
+    }
+    if picked:
+        out["picked"] = picked
+    return out
+
+
+def load(conn: Connection, people: Iterable[str]) -> dict[str, int]:
+    """How many pending requests wait on each person through a pick (their current stage,
+    and they have not voted)."""
+    wanted = list(dict.fromkeys(people))
+    voted = exists().where(
+        and_(
+            votes.c.approval_id == routing_picks.c.approval_id,
+            votes.c.person == routing_picks.c.person,
+        )
+    )
+    query = (
+        select(routing_picks.c.person, func.count())
+        .select_from(
+            routing_picks.join(
+                approvals,
+                and_(
+                    approvals.c.id == routing_picks.c.approval_id,
+                    approvals.c.stage_index == routing_picks.c.stage_index,
+                ),
+            )
+        )
+        .where(and_(routing_picks.c.person.in_(wanted), approvals.c.state == "pending", ~voted))
+        .group_by(routing_picks.c.person)
+    )
+    counts = {str(p): int(n) for p, n in conn.execute(query)}
+    return {p: counts.get(p, 0) for p in wanted}
+
+
+def _pick(conn: Connection, a: Approval, now: datetime) -> ResolvedPlan:
+    stages = list(a.plan.stages)
+    for i, stage in enumerate(stages):
+        routing = stage.routing
+        if routing is None or routing.pick is Pick.ALL or len(stage.requirements) != 1:
+            continue
+        req = stage.requirements[0]
+        pool = tuple(p for p in dict.fromkeys(req.approvers) if p != a.requester)
+        if len(pool) <= req.required:
+            continue
+        if routing.pick is Pick.ROUND_ROBIN:
+            chosen = _round_robin(conn, stage, req.approvers, a.requester, req.required, now)
+        else:
+            loads = load(conn, pool)
+            chosen = sorted(pool, key=lambda p: (loads[p], pool.index(p)))[: req.required]
+        picked = tuple(p for p in pool if p in chosen)
+        narrowed = dataclasses.replace(
+            stage,
+            requirements=(
+                ResolvedRequirement(
+                    picked, req.required, tuple(p for p in pool if p not in chosen)
+                ),
+            ),
+        )
+        trial = list(stages)
+        trial[i] = narrowed
+        if feasible(dataclasses.replace(a.plan, stages=tuple(trial)), a.requester) is None:
+            stages[i] = narrowed
+            conn.execute(
+                insert(routing_picks),
+                [
+                    {"approval_id": a.id, "stage_index": i, "person": p, "picked_at": now}
+                    for p in picked
+                ],
+            )
+    return dataclasses.replace(a.plan, stages=tuple(stages))
+
+
+def _round_robin(
+    conn: Connection,
+    stage: ResolvedStage,
+    group_people: tuple[str, ...],
+    requester: str | None,
+    k: int,
+    now: datetime,
+) -> list[str]:
+    """The next `k` people of the group in turn, passing over the requester; the cursor row
+    is locked while it moves (one rotation per stage name and group, whoever asks)."""
+    ordered = sorted(set(group_people))
+    group = hashlib.sha256("\x1f".join(ordered).encode()).hexdigest()[:24]
+    key = f"rr:{stage.name}:{group}"[:255]
+    savepoint = conn.begin_nested()
+    try:
+        conn.execute(insert(routing_cursors).values(key=key, position=0, updated_at=now))
+    except IntegrityError:
+        savepoint.rollback()
+    else:
+        savepoint.commit()
+    query = select(routing_cursors.c.position).where(routing_cursors.c.key == key)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    position = int(conn.execute(query).scalar_one())
+    chosen: list[str] = []
+    step = 0
+    while len(chosen) < k and step < len(ordered):
+        person = ordered[(position + step) % len(ordered)]
+        step += 1
+        if person != requester:
+            chosen.append(person)
+    conn.execute(
+        update(routing_cursors)
+        .where(routing_cursors.c.key == key)
+        .values(position=(position + step) % len(ordered), updated_at=now)
+    )
+    return chosen
+
+
+def _delegation(row: RowMapping) -> Delegation:
+    by = row["created_by"]
+    return Delegation(
+        delegator=str(row["delegator"]),
+        delegate=str(row["delegate"]),
+        starts_at=row["starts_at"],
+        until=row["until"],
+        created_by=str(by) if by is not None else None,
+        created_at=row["created_at"],
+    )

@@ -1,0 +1,135 @@
+"""Delegation in the web inbox: a signed-in approver names a delegate while they are away.
+
+- `GET /ui/delegation` — my delegation (if any), who has named me, and a form to name one;
+- `POST /ui/delegation` — name a delegate until a date (the rules of `clearance.delegation`:
+  someone else in the directory, a future end, no loop);
+- `POST /ui/delegation/end` — end my delegation.
+
+Every POST checks the session's CSRF token; every change is audited (`delegation.set`,
+`delegation.cleared`) with the web channel.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import RedirectResponse, Response
+
+from ..delegation import (
+    DelegationError,
+    delegate_audited,
+    get_delegation,
+    list_delegations,
+    undelegate_audited,
+)
+from ..identity import sessions
+from ..store.reads import read
+from . import inbox
+
+__all__ = ["install"]
+
+router = APIRouter(prefix="/ui", include_in_schema=False)
+
+_NOTICES = {"set": "Your delegate is set.", "ended": "Your delegation has ended."}
+
+
+def install(app: FastAPI) -> None:
+    app.include_router(router)
+
+
+async def _render(
+    request: Request,
+    viewer: inbox.Viewer,
+    *,
+    status: int = 200,
+    error: str | None = None,
+    notice: str | None = None,
+    form: dict[str, str] | None = None,
+) -> Response:
+    gateway = inbox._gateway(request)
+    now = gateway.clock()
+    mine = await read(gateway.db, lambda c: get_delegation(c, viewer.id))
+    current = await read(gateway.db, lambda c: list_delegations(c, now))
+    directory = gateway.policy.directory
+    people = [
+        (p.id, p.name) for p in sorted(directory.people.values(), key=lambda p: p.name)
+        if p.id != viewer.id
+    ]  # fmt: skip
+    return inbox._page(
+        request, "delegation.html", viewer, status=status, nav="delegation",
+        mine=mine if mine is not None and mine.until > now else None,
+        for_me=[d for d in current if d.delegate == viewer.id],
+        people=people, name=directory.display_name, error=error, notice=notice,
+        form=form or {},
+    )  # fmt: skip
+
+
+@router.get("/delegation")
+async def delegation_page(request: Request, done: str | None = None) -> Response:
+    viewer = await inbox._viewer(request)
+    if viewer is None:
+        return inbox._sign_in_first(request)
+    return await _render(request, viewer, notice=_NOTICES.get(done or ""))
+
+
+@router.post("/delegation")
+async def set_delegate(request: Request) -> Response:
+    viewer = await inbox._viewer(request)
+    if viewer is None:
+        return inbox._sign_in_first(request)
+    form = await inbox._form(request)
+    if not sessions.csrf_matches(viewer.session, form.get("csrf_token")):
+        return inbox._csrf_refused(request, viewer)
+    delegate = form.get("delegate", "")[: inbox.MAX_PERSON_ID]
+    until = _parse_date(form.get("until", ""))
+    if until is None:
+        return await _render(
+            request, viewer, status=400, form=form,
+            error="Give the date you are back, as YYYY-MM-DD.",
+        )  # fmt: skip
+    gateway = inbox._gateway(request)
+    now = gateway.clock()
+    directory = gateway.policy.directory
+    try:
+        await gateway.writer.run(
+            lambda tx: delegate_audited(
+                tx,
+                directory,
+                delegator=viewer.id,
+                delegate=delegate,
+                until=until,
+                now=now,
+                by=viewer.id,
+                channel=inbox.CHANNEL,
+            )
+        )
+    except DelegationError as exc:
+        return await _render(request, viewer, status=400, form=form, error=exc.message)
+    return RedirectResponse("/ui/delegation?done=set", status_code=303)
+
+
+@router.post("/delegation/end")
+async def end_delegation(request: Request) -> Response:
+    viewer = await inbox._viewer(request)
+    if viewer is None:
+        return inbox._sign_in_first(request)
+    form = await inbox._form(request)
+    if not sessions.csrf_matches(viewer.session, form.get("csrf_token")):
+        return inbox._csrf_refused(request, viewer)
+    gateway = inbox._gateway(request)
+    now = gateway.clock()
+    await gateway.writer.run(
+        lambda tx: undelegate_audited(
+            tx, delegator=viewer.id, now=now, by=viewer.id, channel=inbox.CHANNEL
+        )
+    )
+    return RedirectResponse("/ui/delegation?done=ended", status_code=303)
+
+
+def _parse_date(value: str) -> datetime | None:
+    """`YYYY-MM-DD` (the browser's date field): 00:00 UTC that day, when you are back."""
+    try:
+        return datetime.combine(date.fromisoformat(value.strip()[:10]), time(0), tzinfo=UTC)
+    except ValueError:
+        return None

@@ -1,0 +1,1 @@
+"""Step-up second factors for approvers (TOTP, WebAuthn) and location requirements."""
