@@ -149,6 +149,7 @@ async def test_override_alerts_security_on_every_channel(tmp_path: Path) -> None
         ]
         assert len(to_sam) == 2
         assert all("EMERGENCY OVERRIDE" in m.status_line for m in to_sam)
+        assert {m.alert_title for m in to_sam} == {"Emergency override: payments.transfer"}
         await gateway.check(pay(payee="evil"))
         await run_outbox(hub, clock, rounds=1)
         blocked = [m for a, m in pager.sent if "BLOCKED" in m.status_line]

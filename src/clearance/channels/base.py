@@ -68,6 +68,8 @@ class Message:
     # carry, and when an earlier attempt of the same delivery began (it may have arrived).
     delivery_id: str = ""
     earlier_attempt_at: datetime | None = None
+    # An alert (state "blocked"): what happened, for its heading.
+    alert_kind: str = "blocked"  # blocked | override
 
     @property
     def open(self) -> bool:
@@ -76,6 +78,12 @@ class Message:
     @property
     def title(self) -> str:
         return f"Approval needed: {self.action}"
+
+    @property
+    def alert_title(self) -> str:
+        """The heading of an alert: "Blocked: payments.transfer", "Emergency override: …"."""
+        what = "Emergency override" if self.alert_kind == "override" else "Blocked"
+        return f"{what}: {self.action}"
 
     def summary_lines(self) -> list[str]:
         """The plain text every channel shows: what, with which arguments, why, until when."""

@@ -340,7 +340,7 @@ def escape(text: str) -> str:
 
 def render(message: Message) -> dict[str, Any]:
     """`embeds` and `components` for a message create, edit or UPDATE_MESSAGE reply."""
-    title = f"Blocked: {message.action}" if message.state == "blocked" else message.title
+    title = message.alert_title if message.state == "blocked" else message.title
     embed: dict[str, Any] = {
         "title": _clip(title, 256),
         "color": COLORS.get(message.state, GREY),

@@ -380,6 +380,7 @@ class Dispatcher:
             stage=_NO_STAGE,
             expires_at=self.gateway.clock(),
             state="blocked",
+            alert_kind="override" if job.payload.get("kind") == "override" else "blocked",
             status_line=text,
             inbox_url=f"{self.public_url.rstrip('/')}/ui",
             recipient=person,

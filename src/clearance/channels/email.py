@@ -114,6 +114,7 @@ class _View:
     stage: str
     deadline: str
     status: str
+    alert_title: str
 
     @classmethod
     def of(cls, message: Message) -> _View:
@@ -127,6 +128,7 @@ class _View:
             + _one_line(message.stage.name, 100),
             deadline=message.expires_at.strftime("%Y-%m-%d %H:%M UTC"),
             status=_one_line(message.status_line, 1000),
+            alert_title=_one_line(message.alert_title, 200),
         )
 
 
@@ -200,7 +202,7 @@ class EmailChannel:
         view = _View.of(message)
         approve_url = deny_url = always_url = None
         if message.state == "blocked":
-            kind, subject = "alert", f"Blocked: {view.action}"
+            kind, subject = "alert", view.alert_title
             message_id = self._message_id(message.approval_id, person, "alert")
         else:
             kind, subject = "request", message.title

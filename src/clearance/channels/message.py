@@ -23,7 +23,14 @@ def status_line(stored: StoredApproval, directory: Directory) -> str:
                 f"{count} done; waiting for {a.plan.stages[a.stage_index].name}"
             )
         current = a.plan.stages[a.stage_index].name
-        return f"Waiting for {current} (stage {a.stage_index + 1} of {count})"
+        waiting = f"Waiting for {current} (stage {a.stage_index + 1} of {count})"
+        nudge = next((e for e in reversed(a.routing_log) if e.stage_index == a.stage_index), None)
+        if nudge is None:
+            return waiting
+        since = a.created_at.strftime("%H:%M")
+        if nudge.kind == "reminder":
+            return f"Reminder: still waiting since {since}. {waiting}"
+        return f"Escalated: nobody answered since {since}, so more people are asked. {waiting}"
     if a.state is ApprovalState.APPROVED and not any(
         v.decision.value == "approve" for v in a.votes
     ):

@@ -461,7 +461,7 @@ def reason_view(metadata: str, original: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _title(message: Message) -> str:
-    return f"Blocked: {message.action}" if message.state == "blocked" else message.title
+    return message.alert_title if message.state == "blocked" else message.title
 
 
 def _section(text: str) -> dict[str, Any]:

@@ -474,7 +474,7 @@ def _card(body: list[dict[str, Any]], actions: list[dict[str, Any]]) -> dict[str
 def _summary(message: Message) -> list[dict[str, Any]]:
     if message.state == "blocked":
         return [
-            _text(f"Blocked: {message.action}", weight="Bolder", size="Medium", color="Attention"),
+            _text(message.alert_title, weight="Bolder", size="Medium", color="Attention"),
             _text(message.status_line),
         ]
     who = message.requester or message.agent or "an agent"

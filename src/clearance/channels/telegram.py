@@ -491,7 +491,7 @@ def render(message: Message) -> str:
     e = html.escape
     if message.state == "blocked":
         lines = textcommand.fit_lines([message.status_line], TEXT_LIMIT - 200)
-        out = [f"<b>⛔ Blocked: {e(message.action)}</b>", *(e(line) for line in lines)]
+        out = [f"<b>⛔ {e(message.alert_title)}</b>", *(e(line) for line in lines)]
         if message.inbox_url:
             out.append(f'<a href="{e(message.inbox_url)}">Open Clearance</a>')
         return "\n".join(out)
