@@ -41,6 +41,19 @@ def test_check_prints_a_human_summary() -> None:
     assert "expires after 8h" in out
 
 
+def test_check_shows_routing_and_step_up_in_words() -> None:
+    """Reminders, escalation, paging in turn and a second factor are spelled out."""
+    base = ["check", "payments.transfer", "-p", "destination_country=US", "--actor", "carol"]
+    code, out = run(*base, "-p", "amount=7200", "--config", str(EXAMPLE))
+    assert code == 0, out
+    assert "pages only as many people as required, in turn" in out
+    assert "reminds who has not voted every 1h" in out
+    assert "escalates after 2h: Dana Kim, Erin Park" in out
+    code, out = run(*base, "-p", "amount=70000", "--config", str(EXAMPLE))
+    assert code == 0, out
+    assert "stage 2 finance-director: 1 of Dana Kim, Erin Park — second factor (totp)" in out
+
+
 def test_check_json_is_the_decision_contract() -> None:
     """`check --json` prints the decision JSON; -p values parse as JSON when they can."""
     code, out = run(

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..directory import Directory
 from ..policy import Engine, PolicyError, Request, load_policy
-from ..policy.model import Decision, with_default_risk
+from ..policy.model import Decision, OnTimeout, Pick, Routing, with_default_risk
 from ..policy.testing import load_suite, run_suite
 from .output import EFFECT_STYLE, console, duration, fail, print_json, report_policy_error
 
@@ -219,7 +219,19 @@ def print_decision(decision: Decision, action: str, directory: Directory) -> Non
             for req in stage.requirements:
                 names = ", ".join(directory.display_name(p) for p in req.approvers)
                 parts.append(f"{req.required} of {names}")
-            console.print(f"  stage {i} {stage.name}: " + " and ".join(parts))
+            extra = []
+            if stage.mfa:
+                extra.append(f"second factor ({stage.mfa})")
+            if stage.require_context:
+                extra.append(
+                    "from "
+                    + "; ".join(f"{fact} in {', '.join(v)}" for fact, v in stage.require_context)
+                )
+            suffix = f" — {', '.join(extra)}" if extra else ""
+            console.print(f"  stage {i} {stage.name}: " + " and ".join(parts) + suffix)
+            if stage.routing is not None:
+                for line in _routing_lines(stage.routing, directory):
+                    console.print(f"    {line}")
         console.print(f"  expires after {duration(decision.approval.timeout_s)} if undecided")
     if decision.alert:
         names = ", ".join(directory.display_name(p) for p in decision.alert)
@@ -227,3 +239,22 @@ def print_decision(decision: Decision, action: str, directory: Directory) -> Non
     console.print(
         f"  [dim]policy {decision.policy_version[:19]}…  decision {decision.decision_id}[/]"
     )
+
+
+def _routing_lines(routing: Routing, directory: Directory) -> list[str]:
+    """Reminders, escalation and paging of a stage, in words."""
+    lines = []
+    if routing.pick is not Pick.ALL:
+        how = "in turn" if routing.pick is Pick.ROUND_ROBIN else "the least loaded first"
+        lines.append(f"pages only as many people as required, {how}")
+    if routing.remind_after_s:
+        lines.append(f"reminds who has not voted every {duration(routing.remind_after_s)}")
+    if routing.escalate_after_s:
+        levels = " → ".join(
+            ", ".join(directory.display_name(p) for p in level) for level in routing.escalate_to
+        )
+        to = f": {levels}" if levels else " (to the rest of the group)"
+        lines.append(f"escalates after {duration(routing.escalate_after_s)}{to}")
+    if routing.on_timeout is OnTimeout.ESCALATE:
+        lines.append("at the deadline, escalates again instead of expiring")
+    return lines
