@@ -325,6 +325,47 @@ class Gateway:
         return CheckResult(Decision.from_json(stored.decision), stored)
 
     # -- policy reload -------------------------------------------------------------------------
+    async def report_check_result(
+        self,
+        *,
+        decision_id: str,
+        request: Request,
+        state: str,
+        result: str | None = None,
+        channel: str = "api",
+    ) -> dict[str, Any]:
+        """Record what happened when an action the policy allowed (no approval) ran.
+
+        The entry names the check's decision id, action and params hash (redacted as the
+        check's entry was), so the audit trail shows what actually ran next to what was
+        allowed. Approved actions report through `approvals.report_result` instead.
+        """
+        if state not in ("succeeded", "failed"):
+            raise ApprovalError("invalid_state", "state must be succeeded or failed")
+        if not decision_id.startswith("dec_"):
+            raise ApprovalError("invalid_decision", "decision_id is the check's dec_… id")
+        now = self.clock()
+        redacting = self.engine.evaluate(request).redact
+        shown = redact(request.params, redacting) if redacting else request.params
+        agent = request.actor.get("agent")
+        entry = await self.writer.append(
+            AuditDraft(
+                kind=Kind.EXECUTION_RESULT,
+                ts=now,
+                actor=request.actor.get("user") or agent,
+                channel=channel,
+                action=request.action,
+                params_hash=params_hash(shown),
+                data={
+                    "decision_id": decision_id,
+                    "agent": agent,
+                    "state": state,
+                    "result": result[: workflow.RESULT_MAX_CHARS] if result is not None else None,
+                },
+            )
+        )
+        return {"decision_id": decision_id, "state": state, "recorded_at": now, "seq": entry.seq}
+
     async def reload(self, by: str | None = None) -> tuple[bool, str]:
         """Load the policy files again. A bad file is rejected and audited; the old one stays."""
         now = self.clock()

@@ -17,6 +17,7 @@ import uvicorn
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
+from clearance.audit.export import iter_entries
 from clearance.integrations.mcp_proxy import (
     IDEMPOTENCY_META_KEY,
     McpApprovalProxy,
@@ -86,6 +87,10 @@ async def test_approved_denied_and_allowed_calls_over_http(gate: LocalGate, tmp_
         read = await client.call_tool("balance", {"account": "ops"})
         assert not read.is_error and text_of(read) == "ops: 1200"
         assert await gate.gateway.approvals.list() == []
+        ran = [e for e in iter_entries(gate.gateway.db) if e.kind == "execution.result"]
+        assert [(e.action, e.data["state"], e.data["result"]) for e in ran] == [
+            ("mcp.demo-bank.balance", "succeeded", "ops: 1200")
+        ]
 
         # Needs a manager: held, with progress notifications, until Alice approves.
         progress: list[str] = []

@@ -171,6 +171,18 @@ export class ClearanceClient {
     );
   }
 
+  /** What an allowed call (no approval) did, recorded beside the check that allowed it. */
+  async checkResult(
+    decisionId: string,
+    call: { action: string; params: Record<string, unknown>; actor: Record<string, string> },
+    state: "succeeded" | "failed",
+    result: string | null,
+    timeoutMs: number,
+  ): Promise<void> {
+    const body = { decision_id: decisionId, ...call, state, result };
+    await this.request("POST", `/v1/checks/${enc(decisionId)}/result`, body, timeoutMs);
+  }
+
   async cancel(id: string, reason: string, timeoutMs: number): Promise<Approval> {
     return asApproval(await this.request("POST", `/v1/approvals/${enc(id)}/cancel`, { reason }, timeoutMs));
   }

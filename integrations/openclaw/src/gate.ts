@@ -1,6 +1,7 @@
 /**
  * The two hooks: `before_tool_call` asks Clearance and turns its answer into OpenClaw's
- * result; `after_tool_call` reports what an approved call did, for the audit trail.
+ * result; `after_tool_call` reports what a call did (approved, or allowed outright), for the
+ * audit trail.
  *
  * Approvals wait inside the hook, within the budget the plugin registers with OpenClaw
  * (`hookTimeoutMs`); see README.md ("Why the hook waits instead of `requireApproval`").
@@ -88,6 +89,8 @@ export class ClearanceGate {
   private readonly open = new Recent<string>();
   /** Released approvals by tool call, until `after_tool_call` reports their result. */
   private readonly released = new Recent<string>();
+  /** Calls the policy allowed outright, by tool call: their results go beside the check. */
+  private readonly allowed = new Recent<{ decisionId: string; call: Call }>();
 
   constructor(
     private readonly settings: ClearanceSettings,
@@ -205,6 +208,9 @@ export class ClearanceGate {
           signal,
         );
         const answer = this.immediate(decision);
+        if (decision.effect === "allow") {
+          this.allowed.set(this.callKey(event, ctx), { decisionId: decision.decision_id, call });
+        }
         if (answer !== "approve") return answer;
         if (!decision.approval_id) {
           return blocked(
@@ -373,8 +379,11 @@ export class ClearanceGate {
   ): Promise<void> => {
     const key = this.callKey(event, ctx);
     const approvalId = this.released.get(key);
-    if (!approvalId) return;
+    const allowed = approvalId ? undefined : this.allowed.get(key);
+    if (!approvalId && !allowed) return;
     this.released.delete(key);
+    this.allowed.delete(key);
+    const subject = approvalId ?? `check ${allowed?.decisionId}`;
     let state: "succeeded" | "failed";
     let text: string | null;
     if (typeof event.error === "string" && event.error !== "") {
@@ -386,14 +395,24 @@ export class ClearanceGate {
     } else {
       // OpenClaw's docs: neither result nor error is no evidence of success. Record nothing
       // rather than a guess; the trail shows the call released with no result.
-      this.logger.warn(`clearance: ${event.toolName} ran under ${approvalId} but its outcome is unknown; no result reported`);
+      this.logger.warn(`clearance: ${event.toolName} ran under ${subject} but its outcome is unknown; no result reported`);
       return;
     }
     try {
-      await this.client.result(approvalId, state, truncate(text), this.settings.requestTimeoutMs);
+      if (approvalId) {
+        await this.client.result(approvalId, state, truncate(text), this.settings.requestTimeoutMs);
+      } else if (allowed) {
+        await this.client.checkResult(
+          allowed.decisionId,
+          allowed.call,
+          state,
+          truncate(text),
+          this.settings.requestTimeoutMs,
+        );
+      }
     } catch (err) {
       this.logger.warn(
-        `clearance: could not report the result of ${approvalId}: ${err instanceof Error ? err.message : String(err)}`,
+        `clearance: could not report the result of ${subject}: ${err instanceof Error ? err.message : String(err)}`,
       );
     }
   };

@@ -69,6 +69,17 @@ export class Gateway {
     return token;
   }
 
+  /** The audit trail, through `clearance audit export` (JSON lines). */
+  async auditEntries(): Promise<Array<Record<string, unknown>>> {
+    const { stdout } = await run(this.bin, ["audit", "export", "--config", POLICY], {
+      env: this.env(),
+    });
+    return stdout
+      .split("\n")
+      .filter((line) => line.trim() !== "")
+      .map((line) => JSON.parse(line) as Record<string, unknown>);
+  }
+
   /** Start (again): on a free port the first time, on the same port after `kill`. */
   async start(timeoutMs = 30_000): Promise<void> {
     if (this.port === 0) this.port = await freePort();

@@ -172,6 +172,23 @@ describe("immediate decisions", () => {
     assert.equal(t.calls.length, 1);
   });
 
+  it("reports what an allowed call did beside the check that allowed it", async () => {
+    const host = load();
+    const c = ctx("read");
+    const outcome = await host.callTool(event(c, { path: "NOTES.md" }), c, tool("notes").execute);
+    assert.deepEqual(outcome, { ran: true, result: "notes" });
+    const entries = await gw.auditEntries();
+    const last = (pick: (e: Record<string, unknown>) => boolean) => [...entries].reverse().find(pick);
+    const check = last((e) => e.kind === "check" && e.action === "openclaw.read");
+    const result = last((e) => e.kind === "execution.result");
+    assert.ok(check && result, "a check and a result entry");
+    const data = result.data as Record<string, unknown>;
+    assert.equal(data.decision_id, (check.data as Record<string, unknown>).decision_id);
+    assert.equal(data.state, "succeeded");
+    assert.equal(data.result, "notes");
+    assert.equal(result.params_hash, check.params_hash);
+  });
+
   it("blocks a denied call with the policy's reason", async () => {
     const host = load();
     const c = ctx("delete_file");

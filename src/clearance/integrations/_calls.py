@@ -184,11 +184,23 @@ async def run_cleared(
     approval_id: str | None,
     body: Callable[[], Awaitable[T]],
     outcome: Callable[[T], tuple[bool, str]],
+    *,
+    decision_id: str | None = None,
 ) -> T:
     """Run `body` for a cleared call. For an approved request: claim it first (only the
-    exact call approved, and only once), then report the outcome to the audit trail."""
+    exact call approved, and only once), then report the outcome to the audit trail. For a
+    call the policy allowed outright, report the outcome against the check's `decision_id`."""
     if approval_id is None:
-        return await body()
+        if decision_id is None:
+            return await body()
+        try:
+            allowed = await body()
+        except BaseException as exc:
+            await report_allowed(gate, call, decision_id, False, f"{type(exc).__name__}: {exc}")
+            raise
+        succeeded, text = outcome(allowed)
+        await report_allowed(gate, call, decision_id, succeeded, text)
+        return allowed
     await claim(gate, call, approval_id)
     try:
         value = await body()
@@ -224,6 +236,18 @@ async def report(gate: BaseGate, approval_id: str, succeeded: bool, text: str) -
         await gate.report_result(approval_id, succeeded=succeeded, result=text)
     except ClearanceError:
         log.warning("could not report the result of approval %s", approval_id, exc_info=True)
+
+
+async def report_allowed(
+    gate: BaseGate, call: ToolCall, decision_id: str, succeeded: bool, text: str
+) -> None:
+    """As `report`, for a call the policy allowed without an approval."""
+    try:
+        await gate.report_allowed_result(
+            decision_id, call.action, call.params, call.actor, succeeded=succeeded, result=text
+        )
+    except ClearanceError:
+        log.warning("could not report the result of check %s", decision_id, exc_info=True)
 
 
 def _state_text(action: str, state: str, reasons: tuple[str, ...] | list[str]) -> str:

@@ -128,7 +128,9 @@ class ClearanceToolGuard:
             async def body() -> ToolResult:
                 return await execute(request)
 
-            return await run_cleared(self.gate, call, approval_id, body, _outcome)
+            return await run_cleared(
+                self.gate, call, approval_id, body, _outcome, decision_id=result.decision_id
+            )
         except Refusal as refusal:
             return _refused(request, refusal)
 

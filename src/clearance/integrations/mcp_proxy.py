@@ -202,7 +202,9 @@ class McpApprovalProxy:
             async def forward() -> types.CallToolResult:
                 return await self.upstream.call_tool(params.name, params.arguments)
 
-            return await run_cleared(self.gate, call, approval_id, forward, _outcome)
+            return await run_cleared(
+                self.gate, call, approval_id, forward, _outcome, decision_id=result.decision_id
+            )
         except Refusal as refusal:
             return types.CallToolResult(
                 content=[types.TextContent(type="text", text=refusal.message)],

@@ -150,7 +150,9 @@ class ClearanceApprovals:
                 async def body() -> Any:
                     return await invoke(ctx, input_json)
 
-                return await run_cleared(self.gate, call, approval_id, body, _outcome)
+                return await run_cleared(
+                    self.gate, call, approval_id, body, _outcome, decision_id=answer.decision_id
+                )
             except Refusal as refusal:
                 return refusal.message
 

@@ -6,6 +6,7 @@ import abc
 import asyncio
 import functools
 import inspect
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar, cast
@@ -16,12 +17,14 @@ from .errors import (
     ApprovalCancelled,
     ApprovalDenied,
     ApprovalExpired,
+    ClearanceError,
     GatewayError,
 )
 from .syncrun import SyncRunner
 from .types import Approval, ApprovalStatus, CheckResult
 
 P = ParamSpec("P")
+log = logging.getLogger("clearance.sdk")
 R = TypeVar("R")
 RESULT_LIMIT = 4000
 
@@ -60,6 +63,17 @@ class BaseGate(abc.ABC):
 
     @abc.abstractmethod
     async def _cancel(self, approval_id: str, reason: str) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    async def _report_check(
+        self,
+        decision_id: str,
+        action: str,
+        params: dict[str, Any],
+        actor: dict[str, str],
+        state: str,
+        result: str | None,
+    ) -> dict[str, Any]: ...
 
     @abc.abstractmethod
     async def aclose(self) -> None:
@@ -145,6 +159,22 @@ class BaseGate(abc.ABC):
         data = await self._report(approval_id, "succeeded" if succeeded else "failed", text)
         return ApprovalStatus.from_json(data)
 
+    async def report_allowed_result(
+        self,
+        decision_id: str,
+        action: str,
+        params: Mapping[str, Any],
+        actor: Mapping[str, str] | None = None,
+        *,
+        succeeded: bool,
+        result: Any = None,
+    ) -> None:
+        """Record what happened when an action the policy allowed (no approval) ran, so
+        the audit trail shows it next to the check."""
+        text = None if result is None else str(result)[:RESULT_LIMIT]
+        state = "succeeded" if succeeded else "failed"
+        await self._report_check(decision_id, action, dict(params), dict(actor or {}), state, text)
+
     def guard(
         self,
         action: str,
@@ -189,9 +219,13 @@ class BaseGate(abc.ABC):
                 except BaseException as exc:
                     if approval.id is not None:
                         await self.report_result(approval.id, succeeded=False, result=repr(exc))
+                    else:
+                        await self._report_allowed(approval, action, call_params, who, exc)
                     raise
                 if approval.id is not None:
                     await self.report_result(approval.id, succeeded=True, result=value)
+                else:
+                    await self._report_allowed(approval, action, call_params, who, value)
                 return value
 
             if inspect.iscoroutinefunction(fn):
@@ -234,6 +268,29 @@ class BaseGate(abc.ABC):
                 ) from None
             raise
         return ApprovalStatus.from_json(data)
+
+    async def _report_allowed(
+        self,
+        approval: Approval,
+        action: str,
+        params: dict[str, Any],
+        actor: dict[str, str],
+        outcome: Any,
+    ) -> None:
+        """`guard` on an allowed call: record what it did. The action has already run, so a
+        gateway that cannot take the report is logged, not raised (the check is audited)."""
+        failed = isinstance(outcome, BaseException)
+        try:
+            await self.report_allowed_result(
+                approval.decision_id,
+                action,
+                params,
+                actor,
+                succeeded=not failed,
+                result=repr(outcome) if failed else outcome,
+            )
+        except ClearanceError:
+            log.warning("could not report the result of check %s", approval.decision_id)
 
     async def cancel(self, approval_id: str, reason: str) -> ApprovalStatus:
         """Withdraw a pending request this agent no longer needs (the call that asked is

@@ -75,6 +75,24 @@ class LocalGate(BaseGate):
             stored = await self.gateway.approvals.cancel(approval_id, reason)
         return approval_out(stored, self.gateway.policy.directory).model_dump()
 
+    async def _report_check(
+        self,
+        decision_id: str,
+        action: str,
+        params: dict[str, Any],
+        actor: dict[str, str],
+        state: str,
+        result: str | None,
+    ) -> dict[str, Any]:
+        with _translated():
+            return await self.gateway.report_check_result(
+                decision_id=decision_id,
+                request=Request(action=action, params=params, actor=actor),
+                state=state,
+                result=result,
+                channel="sdk",
+            )
+
     async def decide(
         self, approval_id: str, *, person: str, decision: str, comment: str | None = None
     ) -> dict[str, Any]:

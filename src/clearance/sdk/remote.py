@@ -130,6 +130,25 @@ class RemoteGate(BaseGate):
             "POST", f"/v1/approvals/{approval_id}/cancel", json={"reason": reason}, retry=True
         )
 
+    async def _report_check(
+        self,
+        decision_id: str,
+        action: str,
+        params: dict[str, Any],
+        actor: dict[str, str],
+        state: str,
+        result: str | None,
+    ) -> dict[str, Any]:
+        body = {
+            "decision_id": decision_id,
+            "action": action,
+            "params": params,
+            "actor": actor,
+            "state": state,
+            "result": result,
+        }
+        return await self._call("POST", f"/v1/checks/{decision_id}/result", json=body)
+
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()

@@ -25,6 +25,8 @@ from .schemas import (
     ApprovalOut,
     CancelIn,
     CheckIn,
+    CheckResultIn,
+    CheckResultOut,
     DecisionIn,
     DecisionOut,
     ErrorOut,
@@ -125,6 +127,34 @@ async def create_check(body: CheckIn, request: Request, caller: Caller) -> dict[
     )
     request.app.state.metrics.observe_check(result.decision.effect.value, started)
     return result.to_json()
+
+
+@router.post(
+    "/checks/{decision_id}/result",
+    response_model=CheckResultOut,
+    status_code=201,
+    summary="Report the outcome of an allowed action",
+)
+async def report_check_result(
+    decision_id: str, body: CheckResultIn, request: Request, caller: Caller
+) -> dict[str, Any]:
+    """What happened when an action the policy allowed (without an approval) ran: one audit
+    entry naming the check's decision id, next to the check's own. Approved actions report
+    on `/approvals/{id}/result`."""
+    _require_agent(caller, "report a result")
+    if body.decision_id != decision_id:
+        raise HTTPProblem(422, "invalid_request", "decision_id in the body and the path differ")
+    actor = dict(body.actor)
+    if actor.get("agent", caller.subject) != caller.subject:
+        raise HTTPProblem(403, "forbidden", "actor.agent must be the agent this key belongs to")
+    actor["agent"] = caller.subject
+    gateway = _gateway(request)
+    return await gateway.report_check_result(
+        decision_id=decision_id,
+        request=PolicyRequest(action=body.action, params=body.params, actor=actor),
+        state=body.state,
+        result=body.result,
+    )
 
 
 @router.get("/approvals", response_model=ApprovalList, summary="List approvals")

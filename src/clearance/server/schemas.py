@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -138,6 +139,24 @@ class ReleaseIn(_In):
 class ResultIn(_In):
     state: Literal["succeeded", "failed"]
     result: str | None = Field(default=None, max_length=100_000)
+
+
+class CheckResultIn(_In):
+    """What happened when an allowed action (no approval) ran."""
+
+    decision_id: str = Field(pattern=r"^dec_[0-9A-Za-z_-]{1,64}$")
+    action: str = Field(min_length=1, max_length=255)
+    params: dict[str, Any] = {}
+    actor: dict[str, str] = {}
+    state: Literal["succeeded", "failed"]
+    result: str | None = Field(default=None, max_length=100_000)
+
+
+class CheckResultOut(BaseModel):
+    decision_id: str
+    state: str
+    recorded_at: datetime
+    seq: int
 
 
 class CancelIn(_In):
