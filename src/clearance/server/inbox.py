@@ -46,7 +46,7 @@ from ..audit.writer import WriteTx
 from ..canonical import REDACTED
 from ..directory import Directory, Person
 from ..gateway import Gateway
-from ..identity import mfa, passwords, sessions
+from ..identity import mfa, passwords, sessions, throttle
 from ..store.database import Database
 from ..store.reads import read
 from ..store.schema import approvals as approvals_table
@@ -617,20 +617,40 @@ async def login(request: Request) -> Response:
     person_id = form.get("person", "").strip()[:MAX_PERSON_ID]
     password = form.get("password", "")
     target = _safe_next(form.get("next"))
+    now = gateway.clock()
+    ip = _client(request)
+    keys = throttle.subjects(person_id, ip)
+    # Too many failures for this id or from this address: refused before the password is
+    # even checked, with the same answer whatever it is (brute force and spraying).
+    lock = await read(gateway.db, lambda c: throttle.locked(c, keys, now))
+    if lock is not None:
+        await gateway.writer.append(
+            AuditDraft(
+                kind=Kind.LOGIN_FAILED, ts=now, channel=CHANNEL,
+                data={"attempted_id": person_id, "ip": ip, "refused": "too_many_failures",
+                      "locked_until": lock.until.isoformat()},
+            )
+        )  # fmt: skip
+        return _login_page(
+            request, status=429, person_id=person_id, next_=target,
+            error="Too many failed sign-ins for this account or from this address. "
+            f"Try again after {lock.until.strftime('%H:%M')} UTC.",
+        )  # fmt: skip
     ok = False
     if person_id and password and len(password) <= MAX_PASSWORD:
         # Always verify (a dummy hash for unknown people): the same time and the same answer.
         ok = await anyio.to_thread.run_sync(_check_password, gateway.db, person_id, password)
     person = gateway.policy.directory.get(person_id)
-    now = gateway.clock()
-    ip = _client(request)
     if not ok or person is None:
-        await gateway.writer.append(
-            AuditDraft(
-                kind=Kind.LOGIN_FAILED, ts=now, channel=CHANNEL,
-                data={"attempted_id": person_id, "ip": ip},
-            )
-        )  # fmt: skip
+
+        def failed(tx: WriteTx) -> None:
+            started = throttle.record_failure(tx.conn, keys, now)
+            data = {"attempted_id": person_id, "ip": ip}
+            if started is not None:
+                data["locked_until"] = started.until.isoformat()
+            tx.audit(AuditDraft(kind=Kind.LOGIN_FAILED, ts=now, channel=CHANNEL, data=data))
+
+        await gateway.writer.run(failed)
         return _login_page(
             request, status=401, error="Unknown person or wrong password.",
             person_id=person_id, next_=target,
@@ -645,6 +665,7 @@ async def login(request: Request) -> Response:
             if previous is not None:
                 sessions.revoke(tx.conn, previous.id, now)
         new = sessions.create(tx.conn, person_id, now)
+        throttle.succeeded(tx.conn, person_id)
         mfa.record_geo(tx.conn, new.session.id, person_id, geo, now)  # for require_context
         tx.audit(
             AuditDraft(

@@ -258,6 +258,15 @@ credentials = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
 )
 
+login_throttle = Table(  # failed web sign-ins, per person id and per client address
+    "login_throttle",
+    metadata,
+    Column("subject", String(320), primary_key=True),  # "person:<id>" or "ip:<address>"
+    Column("failures", Integer(), nullable=False),
+    Column("window_start", UTCDateTime(), nullable=False),
+    Column("locked_until", UTCDateTime()),
+)
+
 sessions = Table(
     "sessions",
     metadata,
