@@ -501,11 +501,12 @@ def insert_pending(gateway: Any, n: int, batch: int = INSERT_BATCH) -> None:
     costs about 1.5 ms here: 100,000 rows would take minutes. See the report.)"""
     from sqlalchemy import insert
 
-    from clearance.approvals.records import approval_values
-    from clearance.store.schema import approvals
+    from clearance.approvals.records import approval_values, people_of
+    from clearance.store.schema import approval_people, approvals
 
     rng = random.Random(SEED)
     statement = insert(approvals)
+    people = insert(approval_people)
     done = 0
     while done < n:
         size = min(batch, n - done)
@@ -514,6 +515,14 @@ def insert_pending(gateway: Any, n: int, batch: int = INSERT_BATCH) -> None:
 
         def work(tx: Any, rows: list[PendingRow] = rows) -> None:
             tx.conn.execute(statement, [approval_values(r.stored) for r in rows])
+            tx.conn.execute(
+                people,
+                [
+                    {"person_id": p, "approval_id": r.stored.approval.id}
+                    for r in rows
+                    for p in people_of(r.stored.approval)
+                ],
+            )
             for r in rows:
                 for entry in r.entries:
                     tx.audit(entry)

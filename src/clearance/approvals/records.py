@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
 
 from ..policy.model import ResolvedPlan
-from ..store.schema import UTCDateTime, approvals, votes
+from ..store.schema import UTCDateTime, approval_people, approvals, votes
 from .model import Approval, ApprovalState, ExecutionState, RoutingEntry, Vote, VoteDecision
 
 
@@ -56,6 +56,7 @@ class StoredApproval:
 # Statements built once: SQLAlchemy caches their compiled form, where a fresh
 # `insert(...).values(...)` per call costs ~1 ms of cache-key work (measured).
 _INSERT = insert(approvals)
+_INSERT_PEOPLE = insert(approval_people)
 _INSERT_VOTES = insert(votes)
 _CAS = (
     update(approvals)
@@ -120,6 +121,41 @@ def routing_json(a: Approval) -> dict[str, Any] | None:
 
 def insert_approval(conn: Connection, stored: StoredApproval) -> None:
     conn.execute(_INSERT, approval_values(stored))
+    _add_people(conn, stored.approval.id, people_of(stored.approval))
+
+
+def people_of(a: Approval) -> set[str]:
+    """Everyone who may ever vote on `a`: its approvers, the rest of a group `pick` held back,
+    and delegates. The inbox finds a person's requests through this (`approval_people`)."""
+    people = {
+        p
+        for stage in a.plan.stages
+        for req in stage.requirements
+        for p in (*req.approvers, *req.reserve)
+    }
+    people.update(delegate for _, delegate in a.delegations)
+    return people
+
+
+def ids_for_person(conn: Connection, person_id: str, limit: int) -> list[str]:
+    """The newest pending approvals `person_id` may be asked about (one indexed lookup)."""
+    t, p = approvals, approval_people
+    rows = conn.execute(
+        select(t.c.id)
+        .join(p, p.c.approval_id == t.c.id)
+        .where(p.c.person_id == person_id, t.c.state == "pending")
+        .order_by(t.c.created_at.desc())
+        .limit(limit)
+    ).scalars()
+    return [str(i) for i in rows]
+
+
+def _add_people(conn: Connection, approval_id: str, people: set[str]) -> None:
+    if people:
+        conn.execute(
+            _INSERT_PEOPLE,
+            [{"person_id": p, "approval_id": approval_id} for p in sorted(people)],
+        )
 
 
 def save_transition(conn: Connection, before: Approval, after: Approval) -> None:
@@ -145,6 +181,8 @@ def save_transition(conn: Connection, before: Approval, after: Approval) -> None
     )
     if result.rowcount != 1:
         raise Conflict(f"approval {before.id} changed concurrently")
+    if after.plan is not before.plan or after.delegations != before.delegations:
+        _add_people(conn, after.id, people_of(after) - people_of(before))  # e.g. escalated
     known = {(v.person, v.decision) for v in before.votes}
     fresh = [v for v in after.votes if (v.person, v.decision) not in known]
     if fresh:

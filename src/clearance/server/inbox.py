@@ -66,7 +66,7 @@ MASK = "••••• (redacted)"
 MAX_PERSON_ID = 255
 MAX_PASSWORD = 1024
 MAX_COMMENT = 4000
-PENDING_SCAN = 500  # pending requests read to build one inbox
+PENDING_SCAN = 500  # a person's newest pending requests shown in their inbox
 DECIDED_SCAN = 500  # decided requests read to build one history page
 MY_REQUESTS = 25
 AUDIT_LATEST = 100
@@ -513,8 +513,10 @@ def _load_many(conn: Connection, ids: Iterable[str]) -> list[StoredApproval]:
     return out
 
 
-def _pending(conn: Connection) -> list[StoredApproval]:
-    return _load_many(conn, records.list_ids(conn, state="pending", limit=PENDING_SCAN))
+def _pending_for(conn: Connection, person_id: str) -> list[StoredApproval]:
+    """The newest pending requests `person_id` may be asked about, found by index (the
+    whole store, not a window of the newest requests)."""
+    return _load_many(conn, records.ids_for_person(conn, person_id, PENDING_SCAN))
 
 
 def _requested_by(conn: Connection, person_id: str) -> list[StoredApproval]:
@@ -729,7 +731,7 @@ async def inbox(request: Request) -> Response:
     directory = gateway.policy.directory
     now = gateway.clock()
     me = viewer.id
-    pending = await read(gateway.db, _pending)
+    pending = await read(gateway.db, lambda c: _pending_for(c, me))
     mine = await read(gateway.db, lambda c: _requested_by(c, me))
     waiting = [
         _row(s, directory, now)

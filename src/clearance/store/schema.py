@@ -258,6 +258,13 @@ credentials = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
 )
 
+approval_people = Table(  # who may ever vote on an approval: the inbox's index by person
+    "approval_people",
+    metadata,
+    Column("person_id", String(255), primary_key=True),
+    Column("approval_id", String(64), primary_key=True),
+)
+
 login_throttle = Table(  # failed web sign-ins, per person id and per client address
     "login_throttle",
     metadata,
