@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -150,6 +151,18 @@ async def test_override_over_http_and_review(
         headers=auth(tokens["sam"]),
     )
     assert reviewed.status_code == 200 and reviewed.json()["review_state"] == "justified"
+    section = await client.get("/v1/audit?section=overrides", headers=auth(tokens["ivan"]))
+    assert section.status_code == 200, section.text
+    lines = [json.loads(line) for line in section.text.splitlines()]
+    overrides = [line for line in lines if line["section"] == "override"]
+    assert [o["override"]["id"] for o in overrides] == [override_id]
+    assert any(line["section"] == "override_refused" for line in lines)  # alice, frank
+    assert (
+        await client.get("/v1/audit?section=overrides", headers=auth(tokens["sam"]))
+    ).status_code == 403
+    assert (
+        await client.get("/v1/audit?section=secrets", headers=auth(tokens["ivan"]))
+    ).status_code == 422
 
 
 async def test_denial_reaches_the_agent_readably(

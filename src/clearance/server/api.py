@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Iterator
 from typing import Annotated, Any
@@ -11,7 +12,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
 from ..approvals.records import StoredApproval
-from ..audit.export import entry_as_dict, iter_entries, verify_store
+from ..audit.export import entry_as_dict, export_overrides, iter_entries, verify_store
 from ..canonical import binding_hash, canonical_json
 from ..channels import deliveries
 from ..gateway import Gateway
@@ -272,14 +273,23 @@ async def audit(
     caller: Caller,
     since: str | None = None,
     until: str | None = None,
+    section: Annotated[str, Query(pattern="^(all|overrides)$")] = "all",
 ) -> StreamingResponse:
-    """Every audit entry, oldest first, one JSON object per line. Admins and auditors only."""
+    """Every audit entry, oldest first, one JSON object per line; `section=overrides`: the
+    emergency overrides, their reviews and refused attempts (as `clearance audit export
+    --section overrides`). Admins and auditors only."""
     gateway = _gateway(request)
     if not _roles(gateway, caller) & AUDIT_ROLES:
         raise HTTPProblem(
             403, "forbidden", "reading the audit trail needs the admin or auditor role"
         )
     start, end = parse_time(since, "since"), parse_time(until, "until")
+    if section == "overrides":
+        buffer = io.StringIO()
+        await anyio.to_thread.run_sync(
+            lambda: export_overrides(gateway.db, buffer, since=start, until=end)
+        )
+        return StreamingResponse(iter([buffer.getvalue()]), media_type="application/x-ndjson")
 
     def lines() -> Iterator[str]:
         for entry in iter_entries(gateway.db, since=start, until=end):
