@@ -394,3 +394,56 @@ async def test_unreachable_receiver_is_a_retryable_error() -> None:
         assert caught.value.retry is True
     finally:
         await channel.aclose()
+
+
+def _with_agents(
+    tmp_path: Path, clock: FrozenClock, url: str, agents: str
+) -> tuple[Gateway, ChannelHub]:
+    path = tmp_path / "p.yaml"
+    text = POLICY.replace("URL", url).replace("SECRETS", SECRET)
+    path.write_text(text.replace("timeout: 5}", f"timeout: 5, agents: {agents}}}"))
+    gateway = Gateway.open(path, database_url=f"sqlite:///{tmp_path}/c.db", clock=clock)
+    return gateway, ChannelHub.from_settings(gateway)
+
+
+async def test_the_agents_system_hears_each_decision_once(
+    tmp_path: Path, clock: FrozenClock, server: FakeServer, receiver: WebhookReceiver
+) -> None:
+    """With `agents:`, a listed agent's request, once decided, is reported to the webhook as
+    a signed `approval.decided` (a caller that cannot long-poll needs nothing else); another
+    agent's is not; a receiver failure is retried with the same webhook-id."""
+    gw, hub = _with_agents(tmp_path, clock, f"{server.url}/events", "[billing-bot]")
+    try:
+        mine = await gw.check(
+            Request("pay", {"amount": 500, "to": "ACME"}, {"user": "carol", "agent": "billing-bot"})
+        )
+        other = await gw.check(
+            Request("pay", {"amount": 600, "to": "ACME"}, {"user": "carol", "agent": "hr-bot"})
+        )
+        assert mine.approval is not None and other.approval is not None
+        await drain(hub, clock)
+        receiver.fail = 6  # every event of the next round is answered 500 once, then accepted
+        await gw.approvals.decide(mine.approval.approval.id, person="alice", decision="approve")
+        await gw.approvals.decide(
+            other.approval.approval.id, person="bob", decision="deny", comment="no"
+        )
+        await run_outbox(hub, clock, rounds=8, step=timedelta(seconds=60))
+        decided = receiver.events("approval.decided")
+        assert [(e["approval_id"], e["state"]) for e in decided] == [
+            (mine.approval.approval.id, "approved")
+        ]
+        event = decided[0]
+        assert event["agent"] == "billing-bot"
+        assert [v["person"] for v in event["approval"]["votes"]] == ["alice"]
+        attempts = [a for a in receiver.attempts if a.type == "approval.decided"]
+        assert len(attempts) >= 2 and len({a.webhook_id for a in attempts}) == 1
+        assert all(a.verified for a in attempts)
+    finally:
+        await hub.aclose()
+        await gw.aclose()
+
+
+def test_agents_setting_is_checked(tmp_path: Path, clock: FrozenClock) -> None:
+    """`agents:` must name agents (or '*'); anything else is refused when channels load."""
+    with pytest.raises(ValueError, match="agents"):
+        _with_agents(tmp_path, clock, "http://127.0.0.1:9/events", "[1, 2]")

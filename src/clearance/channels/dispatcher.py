@@ -114,8 +114,33 @@ class Dispatcher:
             await self._update(job)
         elif job.kind == "alert":
             await self._alert(job)
+        elif job.kind == "agent_event":
+            await self._agent_event(job)
         else:
             await self._done(job)
+
+    async def _agent_event(self, job: outbox.Job) -> None:
+        """Tell the agent's system its request was decided (webhook `agents:`)."""
+        channel = self.channels.get(str(job.payload.get("channel")))
+        send = getattr(channel, "send_agent_event", None)
+        try:
+            stored = await self.gateway.approvals.get(job.approval_id or "")
+        except ApprovalNotFound:
+            stored = None
+        if send is None or stored is None:
+            await self._done(job)
+            return
+        from ..server.schemas import approval_out  # the API's shape; imported late (layers)
+
+        approval = approval_out(stored, self.gateway.policy.directory).model_dump(mode="json")
+        try:
+            await send(approval)
+        except ChannelError as exc:
+            if exc.retry and job.attempts + 1 < MAX_ATTEMPTS:
+                await self._retry(job, str(exc))
+                return
+            log.error("agent_event_failed", approval=stored.approval.id, error=str(exc))
+        await self._done(job)
 
     async def _notify(self, job: outbox.Job) -> None:
         directory = self.gateway.policy.directory

@@ -34,7 +34,12 @@ class ChannelHub:
         self.gateway = gateway
         self.channels = dict(channels)
         self.public_url = public_url
-        self.router = Router(lambda: gateway.policy.directory, list(self.channels))
+        agent_events = {
+            name: wants
+            for name, channel in self.channels.items()
+            if (wants := getattr(channel, "wants_agent", None)) is not None
+        }
+        self.router = Router(lambda: gateway.policy.directory, list(self.channels), agent_events)
         self.dispatcher = Dispatcher(gateway, self.channels, self.router, public_url)
         for channel in self.channels.values():
             attach = getattr(channel, "attach", None)

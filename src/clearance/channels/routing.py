@@ -7,7 +7,7 @@ to each person who may still vote on it; every later change refreshes the messag
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 
 from ..approvals import escalation
@@ -31,10 +31,22 @@ CHANGE_EVENTS = frozenset(
 ROUTING_EVENTS = frozenset({"approval.reminded", "approval.escalated"})
 
 
+FINAL_EVENTS = frozenset(
+    {"approval.approved", "approval.denied", "approval.expired", "approval.cancelled"}
+)
+
+
 class Router:
-    def __init__(self, directory: Callable[[], Directory], configured: Sequence[str]) -> None:
+    def __init__(
+        self,
+        directory: Callable[[], Directory],
+        configured: Sequence[str],
+        agent_events: Mapping[str, Callable[[str | None], bool]] | None = None,
+    ) -> None:
         self._directory = directory
         self.configured = tuple(configured)
+        # channel name → whether it reports an agent's decided requests (webhook `agents:`)
+        self.agent_events = dict(agent_events or {})
 
     def routes(self, person: Person) -> list[tuple[str, str]]:
         """(channel, address) pairs to try, best first."""
@@ -76,6 +88,16 @@ class Router:
                 )
         if CHANGE_EVENTS & set(events):
             outbox.enqueue(tx.conn, kind="update", now=now, approval_id=a.id)
+        if FINAL_EVENTS & set(events):
+            for name, wants in self.agent_events.items():
+                if wants(stored.agent):
+                    outbox.enqueue(
+                        tx.conn,
+                        kind="agent_event",
+                        now=now,
+                        approval_id=a.id,
+                        payload={"channel": name},
+                    )
 
     def alert(
         self, tx: WriteTx, people: Sequence[str], payload: dict[str, object], now: datetime

@@ -1,6 +1,6 @@
 """The signed webhook channel (Standard Webhooks): for systems that build their own approval UI.
 
-Settings: `{url, secret, timeout}`.
+Settings: `{url, secret, timeout, agents}`.
 
 - `url`: where we POST events. Each is signed per the Standard Webhooks spec: headers
   `webhook-id`, `webhook-timestamp` (Unix seconds) and `webhook-signature`
@@ -8,6 +8,10 @@ Settings: `{url, secret, timeout}`.
 - `secret`: one or more `whsec_<base64>` secrets separated by spaces, for rotation: we sign
   with the first and accept an inbound signature made with any of them.
 - `timeout`: seconds for one POST (default 10).
+- `agents`: agents (or `"*"`, every agent) whose own requests are reported to `url` when they
+  are decided, for callers that cannot hold a long poll open: `{"type": "approval.decided",
+  "approval_id", "agent", "state", "approval": {… as GET /v1/approvals/{id}}}`, sent once
+  per final state (its `webhook-id` is derived from the approval and the state).
 
 Outbound events (one per recipient; the receiver shows the request to `recipient`):
 `{"type": "approval.requested" | "approval.updated", "approval_id", "action", "params",
@@ -141,6 +145,16 @@ def stable_id(*parts: object) -> str:
     return f"msg_{digest[:32]}"
 
 
+def _agents(value: object, name: str) -> frozenset[str]:
+    if value is None:
+        return frozenset()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(f"{name} channel: setting 'agents' is a list of agent names, or '*'")
+    return frozenset(value)
+
+
 class WebhookChannel:
     """Approval requests as signed JSON events; decisions as signed JSON callbacks."""
 
@@ -160,6 +174,7 @@ class WebhookChannel:
             raise ValueError(f"{self.name} channel: setting 'timeout' must be a number") from None
         if self.timeout <= 0:
             raise ValueError(f"{self.name} channel: setting 'timeout' must be positive")
+        self.agents = _agents(settings.get("agents"), self.name)
         self.public_url = public_url.rstrip("/")
         self.decide_url = f"{self.public_url}/hooks/{self.name}"
         self._client = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
@@ -177,6 +192,22 @@ class WebhookChannel:
         response = await self._post(msg_id, self._event(kind, message, address))
         ref = {"webhook_id": msg_id, "address": address, "person": person}
         return Sent(ref, {"status": response.status_code})
+
+    def wants_agent(self, agent: str | None) -> bool:
+        """Whether `agent`'s decided requests are reported here (setting `agents`)."""
+        return agent is not None and ("*" in self.agents or agent in self.agents)
+
+    async def send_agent_event(self, approval: Mapping[str, Any]) -> None:
+        """`approval.decided` for the agent that asked (`approval` as the API shows it)."""
+        event = {
+            "type": "approval.decided",
+            "approval_id": approval["id"],
+            "agent": approval.get("agent"),
+            "state": approval["state"],
+            "approval": dict(approval),
+        }
+        msg_id = stable_id(approval["id"], "decided", approval["state"])
+        await self._post(msg_id, event)
 
     async def update(self, ref: Mapping[str, Any], message: Message) -> None:
         address = str(ref.get("address", ""))
