@@ -205,7 +205,14 @@ def register(app: typer.Typer) -> None:
             f"-p destination_country=US -p payee_id=acme --actor carol --url {url} "
             f"--key-file {DEMO_KEY_FILE}[/]"
         )
-        console.print(f"  then sign in as alice at {url}/ui and approve it.\n")
+        console.print(f"  then sign in as alice at {url}/ui and approve it.")
+        off_hours = off_hours_now(gateway)
+        if off_hours:
+            console.print(
+                f"  Off hours now — {off_hours.removeprefix('requested ')}: the example's"
+                " off-hours rule asks one more approver, so sign in as bob too."
+            )
+        console.print()
         for _, note in fakes:
             console.print(f"  {note}")
         serve(config=config, host=host, port=port, database_url=database_url, pretty_logs=True)
@@ -638,3 +645,11 @@ def _print_approval(stored: StoredApproval) -> None:
             f"{vote.at.isoformat()}{note}"
         )
     console.print(f"  {workflow.summary(a)}")
+
+
+def off_hours_now(gateway: Gateway) -> str | None:
+    """Why now is off hours by the policy's risk settings (None within hours, or without)."""
+    from ..risk.signals import off_hours_reason
+
+    risk = gateway.risk
+    return off_hours_reason(gateway.clock(), risk.settings) if risk is not None else None

@@ -243,6 +243,11 @@ def _median(ordered: list[float]) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
+def off_hours_reason(now: datetime, settings: RiskSettings) -> str | None:
+    """Why `now` is off hours for the organisation (`time_zone`), or None within hours."""
+    return _off_hours(now, settings.time_zone, settings)
+
+
 def _off_hours(now: datetime, zone_name: str, settings: RiskSettings) -> str | None:
     """Why `now` is off hours in `zone_name`, or None when it is within business hours."""
     zone = _ZONES.get(zone_name)
