@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 from clearance.policy import load_policy, load_policy_text
 from clearance.policy.cel import _ENV, CelEvalError, Condition, FusedConditions, compile_condition
 from clearance.policy.cel import _ERROR as CEL_ERROR_TYPE
-from clearance.policy.celfast import CelFastError, _loop_group, compile_fast, plain_inputs
+from clearance.policy.celfast import CelFastError, compile_fast, plain_inputs
+from clearance.policy.celfast.group import _loop_group
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = int(os.environ.get("CELFAST_EXAMPLES", "400"))
