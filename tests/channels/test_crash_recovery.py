@@ -4,6 +4,7 @@ find or dedupe the first attempt, get the request again marked as a re-send."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -44,6 +45,11 @@ policies:
         stages:
           - {name: manager, approvers: [group:managers]}
         timeout: 1h
+    - id: stop
+      description: Exfiltration is blocked and managers are alerted
+      actions: [exfiltrate]
+      effect: block
+      alert: [group:managers]
 channels:
   NAME: SETTINGS
 server: {public_url: "http://clearance.test"}
@@ -97,7 +103,9 @@ def _telegram(url: str, fake: FakeTelegram) -> Platform:
         "base_url": url,
         "mode": "webhook",
     }
-    return Platform("telegram", "1001", settings, lambda: [m.text for m in fake.requests_to(1001)])
+    return Platform(
+        "telegram", "1001", settings, lambda: [m.text for m in fake.requests_to(1001)], fake
+    )
 
 
 def _whatsapp(url: str, fake: FakeWhatsApp) -> Platform:
@@ -323,6 +331,66 @@ async def test_slack_lookup_that_fails_is_retried_before_anything_is_posted(
         assert len(platform.texts()) == 1
         assert len(fake.calls_to("chat.postMessage")) == 1
         assert len(fake.calls_to("conversations.history")) == 1
+    finally:
+        await hub.aclose()
+        await gateway.aclose()
+
+
+async def _alert_then_crash(
+    tmp_path: Path, clock: FrozenClock, platform: Platform
+) -> tuple[Gateway, ChannelHub]:
+    """A blocked action alerts alice; the dispatcher dies right after the platform accepted
+    the alert; a new process takes over once the lease has run out."""
+    gateway, hub = _open(tmp_path, clock, platform)
+    blocked = await gateway.check(Request("exfiltrate", {"to": "evil"}, {"user": "carol"}))
+    assert blocked.decision.effect.value == "block"
+    channel = hub.channels[platform.name]
+    send = channel.send
+
+    async def send_then_die(message: Message, address: str) -> Sent:
+        await send(message, address)
+        raise Crash
+
+    channel.send = send_then_die  # type: ignore[method-assign]
+    with pytest.raises(Crash):
+        await hub.dispatcher.run_once()
+    assert len(platform.texts()) == 1
+    await hub.aclose()
+    await gateway.aclose()
+    clock.now += LEASE + timedelta(seconds=1)
+    return _open(tmp_path, clock, platform)
+
+
+@pytest.mark.parametrize("platform", ["slack", "discord"], indirect=True)
+async def test_an_alert_interrupted_by_a_crash_is_not_sent_twice(
+    tmp_path: Path, clock: FrozenClock, platform: Platform
+) -> None:
+    """Security alerts keep the same promise as requests: after a crash between the
+    platform's answer and our commit, Slack and Discord end with one alert."""
+    gateway, hub = await _alert_then_crash(tmp_path, clock, platform)
+    try:
+        await run_outbox(hub, clock)
+        texts = platform.texts()
+        assert len(texts) == 1 and "Blocked" in texts[0]
+    finally:
+        await hub.aclose()
+        await gateway.aclose()
+
+
+@pytest.mark.parametrize("platform", ["telegram"], indirect=True)
+async def test_an_alert_that_cannot_be_deduped_is_resent_with_a_note(
+    tmp_path: Path, clock: FrozenClock, platform: Platform
+) -> None:
+    """Where the platform cannot dedupe, the alert goes again, marked as sent again."""
+    fake = platform.fake
+    assert isinstance(fake, FakeTelegram)
+    alerts = lambda: [m.text for m in fake.sent if m.chat_id == 1001]  # noqa: E731
+    platform = dataclasses.replace(platform, texts=alerts)
+    gateway, hub = await _alert_then_crash(tmp_path, clock, platform)
+    try:
+        await run_outbox(hub, clock)
+        texts = alerts()
+        assert len(texts) == 2 and "sent again" in texts[1]
     finally:
         await hub.aclose()
         await gateway.aclose()

@@ -4,7 +4,8 @@
   failure, fall back to their next route (ending with email), and when a stage has nobody
   left to reach, say so at once: audit it, log it, show it on the request.
 - `update`: refresh every message sent for a request after it changed.
-- `alert`: tell a security person that an action was blocked.
+- `alert`: tell a security person that an action was blocked (or an override was used),
+  recovered after a crash the same way as a request (below).
 
 A job is done (`sent_at`) only after the platform accepted it and the delivery is recorded in
 the same transaction, so a crash after the platform's answer but before our commit is the
@@ -409,12 +410,35 @@ class Dispatcher:
             status_line=text,
             inbox_url=f"{self.public_url.rstrip('/')}/ui",
             recipient=person,
+            delivery_id=delivery_id(f"alert:{job.id}", -1, person.id, channel_name),
         )
+        channel = self.channels[channel_name]
+        # As for requests (see `_notify`): an earlier attempt that may have reached the
+        # platform is looked for, or deduped, before the alert is sent again.
+        attempt = job.payload.get("attempt") or {}
+        earlier = _when(attempt.get("at"))
+        now = self.gateway.clock()
+        if earlier is not None:
+            message = replace(message, earlier_attempt_at=earlier)
+            found, failed = await self._find_sent(channel, message, address, earlier)
+            if failed is not None and job.attempts + 1 < MAX_ATTEMPTS:
+                await self._retry(job, failed)
+                return
+            if found is not None:
+                await self._done(job)
+                return
+            window = float(getattr(channel, "dedupes_sends_within", 0.0))
+            if attempt.get("open") and (now - earlier).total_seconds() >= window:
+                message = replace(message, status_line=message.status_line + RESENT_NOTE)
+        started = {"at": (earlier or now).isoformat(), "open": True}
+        payload = {**job.payload, "attempt": started}
+        await self.gateway.writer.run(lambda tx: outbox.set_payload(tx.conn, job.id, payload))
         try:
-            await self.channels[channel_name].send(message, address)
+            await channel.send(message, address)
         except ChannelError as exc:
             if exc.retry and job.attempts + 1 < MAX_ATTEMPTS:
-                await self._retry(job, str(exc))
+                settled = {**payload, "attempt": {**started, "open": exc.uncertain}}
+                await self._retry(job, str(exc), settled)
                 return
             if job.payload.get("every_channel"):  # each channel has a job of its own
                 await self._done(job)
@@ -423,12 +447,13 @@ class Dispatcher:
 
             def fallback(tx: WriteTx) -> None:
                 outbox.complete(tx.conn, job.id, now)
+                nxt = {k: v for k, v in job.payload.items() if k != "attempt"}
                 outbox.enqueue(
                     tx.conn,
                     kind="alert",
                     now=now,
                     recipient=person.id,
-                    payload={**job.payload, "route": route + 1},
+                    payload={**nxt, "route": route + 1},
                 )
 
             await self.gateway.writer.run(fallback)
