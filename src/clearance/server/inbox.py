@@ -489,6 +489,18 @@ def _safe_next(target: str | None) -> str:
     return target
 
 
+async def _signed_in_form(request: Request) -> tuple[Viewer, dict[str, str]] | Response:
+    """The signed-in viewer and the form they posted, or the response that refuses the POST
+    (sign in first; a CSRF token that does not match). Every state-changing form starts here."""
+    viewer = await _viewer(request)
+    if viewer is None:
+        return _sign_in_first(request)
+    form = await _form(request)
+    if not sessions.csrf_matches(viewer.session, form.get("csrf_token")):
+        return _csrf_refused(request, viewer)
+    return viewer, form
+
+
 async def _form(request: Request) -> dict[str, str]:
     form = await request.form()
     return {k: v for k, v in form.items() if isinstance(v, str)}
@@ -692,12 +704,10 @@ async def login(request: Request) -> Response:
 
 @router.post("/logout")
 async def logout(request: Request) -> Response:
-    viewer = await _viewer(request)
-    if viewer is None:
-        return _sign_in_first(request)
-    form = await _form(request)
-    if not sessions.csrf_matches(viewer.session, form.get("csrf_token")):
-        return _csrf_refused(request, viewer)
+    checked = await _signed_in_form(request)
+    if isinstance(checked, Response):
+        return checked
+    viewer, _ = checked
     gateway = _gateway(request)
     now = gateway.clock()
 
@@ -839,12 +849,10 @@ async def approval(request: Request, approval_id: str, done: str | None = None) 
 
 @router.post("/approvals/{approval_id}/decide")
 async def decide(request: Request, approval_id: str) -> Response:
-    viewer = await _viewer(request)
-    if viewer is None:
-        return _sign_in_first(request)
-    form = await _form(request)
-    if not sessions.csrf_matches(viewer.session, form.get("csrf_token")):
-        return _csrf_refused(request, viewer)
+    checked = await _signed_in_form(request)
+    if isinstance(checked, Response):
+        return checked
+    viewer, form = checked
     stored = await _visible(request, viewer, approval_id)
     if stored is None:
         return _not_found(request, viewer)

@@ -22,7 +22,6 @@ from fastapi.responses import RedirectResponse, Response
 
 from .. import grants
 from .. import override as ovr
-from ..identity import sessions
 from ..policy import Request as PolicyRequest
 from . import inbox
 
@@ -81,12 +80,10 @@ async def overrides_page(request: Request, done: str | None = None) -> Response:
 
 @router.post("/overrides")
 async def create_override(request: Request) -> Response:
-    viewer = await inbox._viewer(request)
-    if viewer is None:
-        return inbox._sign_in_first(request)
-    form = await inbox._form(request)
-    if not sessions.csrf_matches(viewer.session, form.get("csrf_token")):
-        return inbox._csrf_refused(request, viewer)
+    checked = await inbox._signed_in_form(request)
+    if isinstance(checked, Response):
+        return checked
+    viewer, form = checked
     gateway = inbox._gateway(request)
     approval_id = form.get("approval_id", "").strip()[:64] or None
     policy_request = None
@@ -127,12 +124,10 @@ async def create_override(request: Request) -> Response:
 
 @router.post("/overrides/{override_id}/review")
 async def review_override(request: Request, override_id: str) -> Response:
-    viewer = await inbox._viewer(request)
-    if viewer is None:
-        return inbox._sign_in_first(request)
-    form = await inbox._form(request)
-    if not sessions.csrf_matches(viewer.session, form.get("csrf_token")):
-        return inbox._csrf_refused(request, viewer)
+    checked = await inbox._signed_in_form(request)
+    if isinstance(checked, Response):
+        return checked
+    viewer, form = checked
     gateway = inbox._gateway(request)
     try:
         await ovr.review(
@@ -178,12 +173,10 @@ async def grants_page(request: Request, done: str | None = None) -> Response:
 
 @router.post("/grants/{grant_id}/revoke")
 async def revoke_grant(request: Request, grant_id: str) -> Response:
-    viewer = await inbox._viewer(request)
-    if viewer is None:
-        return inbox._sign_in_first(request)
-    form = await inbox._form(request)
-    if not sessions.csrf_matches(viewer.session, form.get("csrf_token")):
-        return inbox._csrf_refused(request, viewer)
+    checked = await inbox._signed_in_form(request)
+    if isinstance(checked, Response):
+        return checked
+    viewer, form = checked
     gateway = inbox._gateway(request)
     try:
         grant = await grants.get(gateway.db, grant_id[:64])

@@ -23,7 +23,6 @@ from ..delegation import (
     list_delegations,
     undelegate_audited,
 )
-from ..identity import sessions
 from ..store.reads import read
 from . import inbox
 
@@ -75,12 +74,10 @@ async def delegation_page(request: Request, done: str | None = None) -> Response
 
 @router.post("/delegation")
 async def set_delegate(request: Request) -> Response:
-    viewer = await inbox._viewer(request)
-    if viewer is None:
-        return inbox._sign_in_first(request)
-    form = await inbox._form(request)
-    if not sessions.csrf_matches(viewer.session, form.get("csrf_token")):
-        return inbox._csrf_refused(request, viewer)
+    checked = await inbox._signed_in_form(request)
+    if isinstance(checked, Response):
+        return checked
+    viewer, form = checked
     delegate = form.get("delegate", "")[: inbox.MAX_PERSON_ID]
     until = _parse_date(form.get("until", ""))
     if until is None:
@@ -111,12 +108,10 @@ async def set_delegate(request: Request) -> Response:
 
 @router.post("/delegation/end")
 async def end_delegation(request: Request) -> Response:
-    viewer = await inbox._viewer(request)
-    if viewer is None:
-        return inbox._sign_in_first(request)
-    form = await inbox._form(request)
-    if not sessions.csrf_matches(viewer.session, form.get("csrf_token")):
-        return inbox._csrf_refused(request, viewer)
+    checked = await inbox._signed_in_form(request)
+    if isinstance(checked, Response):
+        return checked
+    viewer, _ = checked
     gateway = inbox._gateway(request)
     now = gateway.clock()
     await gateway.writer.run(

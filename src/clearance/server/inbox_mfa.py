@@ -165,12 +165,10 @@ async def security(request: Request, done: str | None = None) -> Response:
 
 @router.post("/security/totp")
 async def totp_start(request: Request) -> Response:
-    viewer = await inbox._viewer(request)
-    if viewer is None:
-        return inbox._sign_in_first(request)
-    form = await inbox._form(request)
-    if not sessions.csrf_matches(viewer.session, form.get("csrf_token")):
-        return inbox._csrf_refused(request, viewer)
+    checked = await inbox._signed_in_form(request)
+    if isinstance(checked, Response):
+        return checked
+    viewer, _ = checked
     gateway = inbox._gateway(request)
     settings = _settings(request)
     now = gateway.clock()
@@ -193,12 +191,10 @@ async def totp_start(request: Request) -> Response:
 
 @router.post("/security/totp/confirm")
 async def totp_confirm(request: Request) -> Response:
-    viewer = await inbox._viewer(request)
-    if viewer is None:
-        return inbox._sign_in_first(request)
-    form = await inbox._form(request)
-    if not sessions.csrf_matches(viewer.session, form.get("csrf_token")):
-        return inbox._csrf_refused(request, viewer)
+    checked = await inbox._signed_in_form(request)
+    if isinstance(checked, Response):
+        return checked
+    viewer, form = checked
     gateway = inbox._gateway(request)
     settings = _settings(request)
     now = gateway.clock()
@@ -273,12 +269,10 @@ async def verify_form(request: Request, next: str | None = None) -> Response:
 
 @router.post("/verify")
 async def verify(request: Request) -> Response:
-    viewer = await inbox._viewer(request)
-    if viewer is None:
-        return inbox._sign_in_first(request)
-    form = await inbox._form(request)
-    if not sessions.csrf_matches(viewer.session, form.get("csrf_token")):
-        return inbox._csrf_refused(request, viewer)
+    checked = await inbox._signed_in_form(request)
+    if isinstance(checked, Response):
+        return checked
+    viewer, form = checked
     target = inbox._safe_next(form.get("next"))
     gateway = inbox._gateway(request)
     settings = _settings(request)
