@@ -12,6 +12,7 @@ fake, how to list what was sent as `Card`s, and how a click becomes the platform
 
 from __future__ import annotations
 
+import abc
 import html
 import json
 import time
@@ -43,32 +44,34 @@ class Card:
     links: tuple[tuple[str, str], ...] = ()  # (label, url): links in the message
 
 
-class Demo:
+class Demo(abc.ABC):
     """A platform's fake, seen by a person: subclasses fill in the platform's parts."""
 
     name = ""  # the channel name, and `--fake NAME`
     title = ""  # the page's heading
     app: Starlette
 
+    @abc.abstractmethod
     def settings(self, url: str) -> dict[str, Any]:
         """The channel settings pointing at this fake, served at `url`."""
-        raise NotImplementedError
 
     def note(self, url: str) -> str:
         """What to tell the person starting the demo."""
         return f"{self.title}: {url}/  (alice's messages arrive there; click as her)"
 
+    @abc.abstractmethod
     def cards(self) -> list[Card]:
-        raise NotImplementedError
+        """The messages the gateway sent to the demo's person, as the page shows them."""
 
+    @abc.abstractmethod
     async def click(self, key: str, action: str, reason: str, hook: Hook) -> None:
         """Send what the platform sends when the message's recipient clicks `action`."""
-        raise NotImplementedError
 
-    def start(self) -> None:
+    def start(self) -> None:  # noqa: B027 - optional: most demos have nothing else to start
         """Start anything besides the page (the email demo's SMTP server)."""
 
-    def stop(self) -> None: ...
+    def stop(self) -> None:  # noqa: B027 - optional, as start
+        """Stop what `start` started."""
 
 
 def install(demo: Demo, gateway_url: str) -> None:
