@@ -638,10 +638,19 @@ def _print_approval(stored: StoredApproval) -> None:
                 f"  stage {i + 1} {stage.name}: {len(progress.counted)} of "
                 f"{progress.required} from {', '.join(progress.approvers)}"
             )
+    for delegator, delegate in a.delegations:
+        console.print(f"  {delegate} stands in for {delegator}")
+    for entry in a.routing_log:
+        what = "reminded" if entry.kind == "reminder" else f"escalated (level {entry.level})"
+        console.print(
+            f"  stage {entry.stage_index + 1} {what} at {entry.at.isoformat()}: "
+            f"{', '.join(entry.people) or 'nobody'}"
+        )
     for vote in a.votes:
         note = f" — {vote.comment}" if vote.comment else ""
+        behalf = f" for {vote.on_behalf_of}" if vote.on_behalf_of else ""
         console.print(
-            f"  {vote.decision.value} by {vote.person} via {vote.channel} at "
+            f"  {vote.decision.value} by {vote.person}{behalf} via {vote.channel} at "
             f"{vote.at.isoformat()}{note}"
         )
     console.print(f"  {workflow.summary(a)}")

@@ -1,4 +1,4 @@
-"""The demo's banner warns when the example's off-hours rule will ask a second approver."""
+"""What the CLI prints: the demo banner's off-hours warning, and `approvals show`'s routing."""
 
 from __future__ import annotations
 
@@ -37,3 +37,30 @@ async def test_no_risk_section_no_warning(tmp_path: Path) -> None:
         assert off_hours_now(gateway) is None
     finally:
         await gateway.aclose()
+
+
+def test_approvals_show_lists_reminders_escalations_and_stand_ins() -> None:
+    """`clearance approvals show` says who was reminded or escalated to, and who stands in
+    for whom, as the request page does."""
+    import dataclasses
+
+    from clearance.approvals.model import RoutingEntry, Vote, VoteDecision
+    from clearance.approvals.records import StoredApproval
+    from clearance.cli.gateway_cmds import _print_approval
+    from clearance.cli.output import console
+
+    from ..approvals.factories import NOW, SOON, new, two_stage
+
+    approval = dataclasses.replace(
+        new(two_stage()),
+        delegations=(("alice", "bob"),),
+        routing_log=(RoutingEntry("reminder", 0, 1, SOON, ("alice", "bob")),),
+        votes=(Vote("bob", VoteDecision.APPROVE, 0, SOON, None, "web", "alice"),),
+    )
+    with console.capture() as captured:
+        _print_approval(StoredApproval(approval=approval))
+    out = captured.get()
+    assert NOW.isoformat() in out
+    assert "bob stands in for alice" in out
+    assert f"stage 1 reminded at {SOON.isoformat()}: alice, bob" in out
+    assert "approve by bob for alice via web" in out
