@@ -18,7 +18,7 @@ from clearance.audit.export import iter_entries
 from clearance.channels.base import RESENT_NOTE, ChannelError, Message, Sent
 from clearance.channels.hub import ChannelHub
 from clearance.channels.outbox import LEASE
-from clearance.gateway import Gateway
+from clearance.gateway import CheckResult, Gateway
 from clearance.policy import Request
 from clearance.testing import FrozenClock
 from clearance.testing.fakes import serve_in_thread
@@ -162,18 +162,18 @@ def _open(
     return gateway, ChannelHub.from_settings(gateway)
 
 
-async def _crash_after_send(
+async def _send_and_die(
     tmp_path: Path,
     clock: FrozenClock,
     platform: Platform,
+    request: Request,
     down: timedelta = timedelta(0),
     url: str | None = None,
-) -> tuple[Gateway, ChannelHub, str]:
-    """A request, and a dispatcher that dies right after the platform accepted it; then a
-    new process (gateway, hub, channel) once the dead one's lease has run out."""
+) -> tuple[Gateway, ChannelHub, CheckResult]:
+    """`request` is checked and a dispatcher dies right after the platform accepted what it
+    sent for it; then a new process (gateway, hub, channel) once the lease has run out."""
     gateway, hub = _open(tmp_path, clock, platform, url)
-    result = await gateway.check(Request("pay", {"amount": 500}, {"user": "carol"}))
-    assert result.approval is not None
+    result = await gateway.check(request)
     channel = hub.channels[platform.name]
     send = channel.send
 
@@ -189,6 +189,20 @@ async def _crash_after_send(
     await gateway.aclose()
     clock.now += LEASE + timedelta(seconds=1) + down
     gateway, hub = _open(tmp_path, clock, platform, url)
+    return gateway, hub, result
+
+
+async def _crash_after_send(
+    tmp_path: Path,
+    clock: FrozenClock,
+    platform: Platform,
+    down: timedelta = timedelta(0),
+    url: str | None = None,
+) -> tuple[Gateway, ChannelHub, str]:
+    """An approval request, sent, then the crash (see `_send_and_die`)."""
+    pay = Request("pay", {"amount": 500}, {"user": "carol"})
+    gateway, hub, result = await _send_and_die(tmp_path, clock, platform, pay, down, url)
+    assert result.approval is not None
     return gateway, hub, result.approval.approval.id
 
 
@@ -339,26 +353,11 @@ async def test_slack_lookup_that_fails_is_retried_before_anything_is_posted(
 async def _alert_then_crash(
     tmp_path: Path, clock: FrozenClock, platform: Platform
 ) -> tuple[Gateway, ChannelHub]:
-    """A blocked action alerts alice; the dispatcher dies right after the platform accepted
-    the alert; a new process takes over once the lease has run out."""
-    gateway, hub = _open(tmp_path, clock, platform)
-    blocked = await gateway.check(Request("exfiltrate", {"to": "evil"}, {"user": "carol"}))
-    assert blocked.decision.effect.value == "block"
-    channel = hub.channels[platform.name]
-    send = channel.send
-
-    async def send_then_die(message: Message, address: str) -> Sent:
-        await send(message, address)
-        raise Crash
-
-    channel.send = send_then_die  # type: ignore[method-assign]
-    with pytest.raises(Crash):
-        await hub.dispatcher.run_once()
-    assert len(platform.texts()) == 1
-    await hub.aclose()
-    await gateway.aclose()
-    clock.now += LEASE + timedelta(seconds=1)
-    return _open(tmp_path, clock, platform)
+    """A blocked action alerts alice, then the crash (see `_send_and_die`)."""
+    blocked = Request("exfiltrate", {"to": "evil"}, {"user": "carol"})
+    gateway, hub, result = await _send_and_die(tmp_path, clock, platform, blocked)
+    assert result.decision.effect.value == "block"
+    return gateway, hub
 
 
 @pytest.mark.parametrize("platform", ["slack", "discord"], indirect=True)
