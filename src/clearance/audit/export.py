@@ -72,24 +72,7 @@ def iter_entries(
             _select(since, until, chain_id)
         )
         for r in result:
-            yield AuditEntry(
-                kind=r.kind,
-                ts=r.ts,
-                actor=r.actor,
-                approver=r.approver,
-                channel=r.channel,
-                action=r.action,
-                params_hash=r.params_hash,
-                effect=r.effect,
-                rule_ids=tuple(r.rule_ids),
-                policy_version=r.policy_version,
-                approval_id=r.approval_id,
-                data=r.data,
-                chain_id=r.chain_id,
-                seq=r.seq,
-                prev_hash=r.prev_hash,
-                hash=r.hash,
-            )
+            yield _entry(r)
 
 
 def entry_as_dict(entry: AuditEntry) -> dict[str, Any]:
@@ -293,6 +276,7 @@ def export_overrides(
 
 
 def _entry(r: Any) -> AuditEntry:
+    """An `audit_entries` row as an AuditEntry."""
     return AuditEntry(
         kind=r.kind,
         ts=r.ts,
