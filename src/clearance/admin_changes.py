@@ -735,7 +735,16 @@ class AdminChanges:
                 state = stored.approval.state
                 if state is ApprovalState.PENDING:
                     continue
-                if state is ApprovalState.APPROVED and change.kind == "grant":
+                voted = any(v.decision.value == "approve" for v in stored.approval.votes)
+                if state is ApprovalState.APPROVED and not voted:
+                    # Approved without an admin's vote (only an override does that): four
+                    # eyes were not used, so the change is not made.
+                    out.append(
+                        await self._close(
+                            change, "rejected", "approved without another admin's vote"
+                        )
+                    )
+                elif state is ApprovalState.APPROVED and change.kind == "grant":
                     out.append(await self._apply_grant(change, stored))
                 elif state is ApprovalState.APPROVED:
                     out.append(await self._apply(change, stored))

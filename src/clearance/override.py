@@ -106,6 +106,18 @@ class OverrideResult:
 # ---------------------------------------------------------------------------------------------
 # The pure step
 
+#: The gateway's own administration (policy, directory and standing-grant changes) is
+#: decided by other admins, never by break-glass: an override would be four eyes by one.
+GATEWAY_ACTIONS_PREFIX = "clearance."
+_NOT_OVERRIDABLE = (
+    "changes to the gateway itself (policy, directory, standing grants) need another admin's "
+    "approval; an emergency override cannot release them"
+)
+
+
+def is_gateway_action(action: str) -> bool:
+    return action.startswith(GATEWAY_ACTIONS_PREFIX)
+
 
 def release_by_override(
     approval: Approval, *, person: str, reason: str, now: datetime
@@ -122,6 +134,8 @@ def release_by_override(
         raise workflow.Rejected(
             "already_decided", f"cannot override: the request is already {approval.state.value}"
         )
+    if is_gateway_action(approval.action):
+        raise workflow.Rejected("not_overridable", _NOT_OVERRIDABLE)
     approved = replace(
         approval,
         state=ApprovalState.APPROVED,
@@ -273,6 +287,8 @@ async def override(
                 "not_permitted",
                 f"{person} does not have the {settings.role} role, which an override needs",
             )
+        if request is not None and is_gateway_action(request.action):
+            raise OverrideRefused("not_overridable", _NOT_OVERRIDABLE)
         if request is None:
             return await _override_pending(
                 gateway, settings, approval_id or "", person, why, channel

@@ -330,3 +330,59 @@ async def test_a_reload_that_fails_puts_the_old_text_back(
         state = await env.client.get(f"{CHANGES}/{change['id']}", headers=env.auth("ken"))
         assert state.json()["state"] == "failed" and "CLEARANCE_TEST_URL" in state.json()["error"]
         assert "admin.change_failed" in await audit_kinds(env)
+
+
+EMERGENCY_IVAN = POLICY.replace(
+    "{id: ivan, name: Ivan Petrov, roles: [admin]}",
+    "{id: ivan, name: Ivan Petrov, roles: [admin, emergency]}",
+)
+OVERRIDES = "controls:\n  override: {role: emergency, review_by: [ken], rate_limit: 3/24h}\n"
+BREAK_GLASS = EMERGENCY_IVAN + OVERRIDES
+
+
+async def test_an_emergency_override_cannot_release_a_gateway_change(
+    tmp_path: Path, db_url: str, clock: FrozenClock
+) -> None:
+    """Break-glass never stands in for four eyes: an admin with the emergency role can neither
+    override their own pending policy change nor override one ahead of proposing it; and a
+    change whose approval turned approved without an admin's vote is not applied."""
+    from sqlalchemy import update
+
+    from clearance import override as ovr
+    from clearance.policy import Request
+    from clearance.store.schema import approvals as approvals_table
+
+    assert "emergency" in BREAK_GLASS
+    async with admin_env(tmp_path, db_url, clock, text=BREAK_GLASS) as env:
+        response = await env.client.post(
+            CHANGES,
+            json={"policy": EMERGENCY_IVAN + NEW_RULE + OVERRIDES, "summary": "reports"},
+            headers=env.auth("ivan"),
+        )
+        assert response.status_code == 201, response.text
+        change = response.json()
+        with pytest.raises(ovr.OverrideRefused) as refused:
+            await ovr.override(
+                env.gateway, person="ivan", reason="urgent", approval_id=change["approval_id"]
+            )
+        assert refused.value.code == "not_overridable"
+        ahead = Request("clearance.policy.change", {"summary": "x"}, {"user": "ivan"})
+        with pytest.raises(ovr.OverrideRefused) as refused:
+            await ovr.override(env.gateway, person="ivan", reason="urgent", request=ahead)
+        assert refused.value.code == "not_overridable"
+        stored = await env.gateway.approvals.get(change["approval_id"])
+        assert stored.approval.state.value == "pending"
+        assert "override.refused" in await audit_kinds(env)
+
+        def force_approved(tx: Any) -> None:  # what a bypass of the checks above would leave
+            tx.conn.execute(
+                update(approvals_table)
+                .where(approvals_table.c.id == change["approval_id"])
+                .values(state="approved")
+            )
+
+        await env.gateway.writer.run(force_approved)
+        await env.app.state.admin_changes.settle(change["approval_id"])
+        assert env.path.read_text() == BREAK_GLASS
+        after = await env.client.get(f"{CHANGES}/{change['id']}", headers=env.auth("ken"))
+        assert after.json()["state"] == "rejected"
