@@ -174,7 +174,7 @@ class Gateway:
             if isinstance(found, denials.RememberedDenial):
                 decision = denials.as_decision(decision, found, switches.remember_s or 0)
                 controls = {"remembered_denial": found.approval_id}
-            elif isinstance(found, grants.Grant):
+            elif isinstance(found, grants.Grant) and _grantor_still_approves(found, decision):
                 decision = dataclasses.replace(
                     decision,
                     effect=Effect.ALLOW,
@@ -492,6 +492,17 @@ def _lookup_controls(
     if offer is not None:
         return grants.find_live(conn, offer, now, requester)
     return None
+
+
+def _grantor_still_approves(grant: grants.Grant, decision: Decision) -> bool:
+    """A standing grant stands only while its grantor could still approve this request
+    (still in the directory and among its approvers): a grantor who left the group, or the
+    directory, no longer vouches for anything."""
+    plan = decision.approval
+    if plan is None:
+        return False
+    eligible = {p for s in plan.stages for r in s.requirements for p in (*r.approvers, *r.reserve)}
+    return grant.grantor in eligible
 
 
 def _with_offer(decision: dict[str, Any], offer: grants.GrantOffer | None) -> dict[str, Any]:

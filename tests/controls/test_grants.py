@@ -171,3 +171,27 @@ async def test_shorter_max_ttl_shortens_live_grants(
     assert (await gw.check(pay())).decision.effect == "allow"
     clock.advance(days=1, seconds=1)
     assert (await gw.check(pay())).decision.effect == "approve"
+
+
+async def test_a_grant_lapses_when_its_grantor_can_no_longer_approve(
+    gw: Gateway, tmp_path: Path
+) -> None:
+    """Alice's grant stops allowing requests once she leaves the managers group (and counts
+    again if she returns): a grant never outlives its grantor's right to approve."""
+    from .helpers import POLICY
+
+    grant = await _grant(gw)
+    assert (await gw.check(pay())).controls == {"grant_id": grant.id}
+    moved = POLICY.replace(
+        "{id: alice, name: Alice Ng, groups: [managers]}", "{id: alice, name: Alice Ng}"
+    )
+    assert moved != POLICY
+    (tmp_path / "clearance.yaml").write_text(moved, encoding="utf-8")
+    ok, _ = await gw.reload(by="test")
+    assert ok
+    held = await gw.check(pay())
+    assert held.decision.effect == "approve" and held.approval is not None
+    (tmp_path / "clearance.yaml").write_text(POLICY, encoding="utf-8")
+    ok, _ = await gw.reload(by="test")
+    assert ok
+    assert (await gw.check(pay())).decision.effect == "allow"
