@@ -325,6 +325,44 @@ class Gateway:
         return CheckResult(Decision.from_json(stored.decision), stored)
 
     # -- policy reload -------------------------------------------------------------------------
+    async def release(
+        self, approval_id: str, action: str, params: dict[str, Any], actor: dict[str, str]
+    ) -> StoredApproval:
+        """The agent claims an approved call (exactly the call approved, only once), under the
+        policy loaded *now*: a block or deny rule added since the approval wins, and the
+        refusal is audited (the approval stays unused)."""
+        stored = await self.approvals.get(approval_id)
+        request = Request(
+            action=action,
+            params=params,
+            actor=actor,
+            context=dict(stored.context),
+            labels=tuple(stored.labels),
+        )
+        now_says = self.engine.evaluate(request)
+        if now_says.effect in (Effect.BLOCK, Effect.DENY):
+            why = "; ".join(now_says.reasons) or f"the policy says {now_says.effect.value}"
+            await self.writer.append(
+                AuditDraft(
+                    kind="approval.release_refused",
+                    ts=self.clock(),
+                    actor=actor.get("user") or actor.get("agent"),
+                    action=action,
+                    params_hash=params_hash(stored.approval.params),
+                    effect=now_says.effect.value,
+                    rule_ids=now_says.rules,
+                    policy_version=now_says.policy_version,
+                    approval_id=approval_id,
+                    data={"reasons": list(now_says.reasons)},
+                )
+            )
+            raise ApprovalError(
+                "policy_refuses",
+                f"the policy loaded now {now_says.effect.value}s this call, so its approval "
+                f"cannot be used: {why}",
+            )
+        return await self.approvals.release(approval_id, binding_hash(action, params, actor))
+
     async def report_check_result(
         self,
         *,

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..approvals.service import ApprovalError
-from ..canonical import binding_hash
 from ..gateway import Gateway
 from ..policy import Request
 from ..server.schemas import approval_out
@@ -60,9 +59,7 @@ class LocalGate(BaseGate):
         self, approval_id: str, action: str, params: dict[str, Any], actor: dict[str, str]
     ) -> dict[str, Any]:
         with _translated():
-            stored = await self.gateway.approvals.release(
-                approval_id, binding_hash(action, params, actor)
-            )
+            stored = await self.gateway.release(approval_id, action, params, actor)
         return approval_out(stored, self.gateway.policy.directory).model_dump()
 
     async def _report(self, approval_id: str, state: str, result: str | None) -> dict[str, Any]:

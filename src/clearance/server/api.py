@@ -13,7 +13,7 @@ from fastapi.responses import StreamingResponse
 
 from ..approvals.records import StoredApproval
 from ..audit.export import entry_as_dict, export_overrides, iter_entries, verify_store
-from ..canonical import binding_hash, canonical_json
+from ..canonical import canonical_json
 from ..channels import deliveries
 from ..gateway import Gateway
 from ..identity import mfa
@@ -236,9 +236,7 @@ async def release(approval_id: str, body: ReleaseIn, request: Request, caller: C
     await _visible(gateway, caller, approval_id)
     actor = dict(body.actor)
     actor.setdefault("agent", caller.subject)
-    stored = await gateway.approvals.release(
-        approval_id, binding_hash(body.action, body.params, actor)
-    )
+    stored = await gateway.release(approval_id, body.action, body.params, actor)
     return approval_out(stored, gateway.policy.directory)
 
 

@@ -1,0 +1,95 @@
+"""An approval is used under the policy loaded when the agent claims it: a block or deny rule
+added after the approval wins (through the API and the embedded SDK), and is audited."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from clearance.audit.export import iter_entries
+from clearance.gateway import Gateway
+from clearance.policy import Request
+from clearance.sdk.errors import GatewayError
+from clearance.sdk.local import LocalGate
+from clearance.server.app import create_app
+
+from ..conftest import auth
+from ..fixtures import make_keys
+
+POLICY = """
+directory:
+  people:
+    - {id: alice, groups: [managers]}
+    - {id: bob, groups: [managers]}
+    - {id: carol}
+    - {id: dana}
+    - {id: erin}
+    - {id: ivan, roles: [admin]}
+policies:
+  default: deny
+  rules:
+    - id: pay
+      description: Payments need a manager
+      actions: [payments.transfer]
+      effect: approve
+      approval: {stages: [{name: manager, approvers: [group:managers]}]}
+"""
+BLOCK = """
+    - id: evil-payee
+      description: Payments to evil are blocked
+      actions: [payments.transfer]
+      when: params.payee == 'evil'
+      effect: block
+"""
+PARAMS = {"amount": 900, "payee": "evil"}
+ACTOR = {"user": "carol", "agent": "billing-bot"}
+
+
+async def _approved_then_blocked(tmp_path: Path) -> tuple[Gateway, str]:
+    path = tmp_path / "p.yaml"
+    path.write_text(POLICY)
+    gateway = Gateway.open(path, database_url=f"sqlite:///{tmp_path}/c.db")
+    held = await gateway.check(Request("payments.transfer", PARAMS, ACTOR))
+    assert held.approval is not None
+    approval_id = held.approval.approval.id
+    await gateway.approvals.decide(approval_id, person="alice", decision="approve")
+    path.write_text(POLICY + BLOCK)
+    ok, _ = await gateway.reload(by="test")
+    assert ok
+    return gateway, approval_id
+
+
+async def test_the_sdk_cannot_claim_an_approval_the_policy_now_blocks(tmp_path: Path) -> None:
+    """Embedded: the claim is refused with `policy_refuses`, audited; nothing is released."""
+    gateway, approval_id = await _approved_then_blocked(tmp_path)
+    gate = LocalGate(gateway)
+    try:
+        with pytest.raises(GatewayError) as refused:
+            await gate.claim(approval_id, "payments.transfer", PARAMS, ACTOR)
+        assert refused.value.code == "policy_refuses"
+        stored = await gateway.approvals.get(approval_id)
+        assert stored.approval.released_at is None
+        entry = [e for e in iter_entries(gateway.db) if e.kind == "approval.release_refused"]
+        assert entry and entry[0].rule_ids == ("evil-payee",)
+    finally:
+        await gateway.aclose()
+
+
+async def test_the_api_refuses_the_release_too(tmp_path: Path) -> None:
+    """Over HTTP the release answers 409 `policy_refuses`."""
+    gateway, approval_id = await _approved_then_blocked(tmp_path)
+    keys = make_keys(gateway)
+    app = create_app(gateway, scheduler=False, inbox=False)
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            body = {"action": "payments.transfer", "params": PARAMS, "actor": {"user": "carol"}}
+            response = await client.post(
+                f"/v1/approvals/{approval_id}/release", json=body, headers=auth(keys.agent)
+            )
+            assert response.status_code == 409
+            assert response.json()["error"] == "policy_refuses"
+    finally:
+        await gateway.aclose()
