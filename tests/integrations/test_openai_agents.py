@@ -196,3 +196,20 @@ async def test_malformed_arguments_do_not_run_the_tool(gate: LocalGate) -> None:
     for raw in ("[1, 2]", "{not json"):
         assert "not a JSON object" in await guarded.on_invoke_tool(ctx, raw)
     assert RAN == []
+
+
+async def test_an_answer_counts_only_for_the_call_it_was_given_for(gate: LocalGate) -> None:
+    """An `allow` remembered for one call id is not used for a different call arriving under
+    the same id: that call is checked again, and a transfer the policy denies does not run."""
+    from agents import RunContextWrapper
+    from agents.tool_context import ToolContext
+
+    approvals = ClearanceApprovals(gate, prefix="bank.")
+    needs = approvals.needs_approval("balance")
+    assert await needs(RunContextWrapper(context=Ctx()), {"account": "ops"}, "c-1") is False
+    guarded = approvals.guard(transfer)
+    raw = json.dumps({"amount": 50_000, "to": "x"})
+    ctx = ToolContext(context=Ctx(), tool_name="transfer", tool_call_id="c-1", tool_arguments=raw)
+    RAN.clear()
+    out = await guarded.on_invoke_tool(ctx, raw)
+    assert RAN == [] and "never made by an agent" in out

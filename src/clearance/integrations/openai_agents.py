@@ -70,7 +70,8 @@ class ClearanceApprovals:
         self.poll = poll
         # The last answer for each call id, so a call the policy allowed is not checked
         # (and audited) twice between `needs_approval` and the tool running.
-        self._answers: dict[str, CheckResult | Refusal] = {}
+        # call id → (the call asked about, Clearance's answer): used only for that same call
+        self._answers: dict[str, tuple[ToolCall, CheckResult | Refusal]] = {}
 
     def action_for(self, tool: str) -> str:
         return self.actions.get(tool) or f"{self.prefix}{tool}"
@@ -107,7 +108,7 @@ class ClearanceApprovals:
         ) -> bool:
             call = self.tool_call(tool, params, call_id, run_context.context)
             answer = await self._ask(call)
-            self._answers[call_id] = answer
+            self._answers[call_id] = (call, answer)
             return isinstance(answer, CheckResult) and is_pending(answer)
 
         return needs
@@ -133,7 +134,10 @@ class ClearanceApprovals:
                 self._answers.pop(ctx.tool_call_id, None)
                 return f"{tool.name} did not run: its arguments are not a JSON object"
             call = self.tool_call(tool.name, params, ctx.tool_call_id, ctx.context)
-            answer = self._answers.pop(ctx.tool_call_id, None)
+            cached = self._answers.pop(ctx.tool_call_id, None)
+            # An answer counts only for the very call it was given for (same action, arguments
+            # and caller): anything else, or an approval (to claim), is asked again.
+            answer = cached[1] if cached is not None and cached[0] == call else None
             if answer is None or (isinstance(answer, CheckResult) and answer.effect == "approve"):
                 answer = await self._ask(call)  # idempotent: finds the same approval again
             try:
