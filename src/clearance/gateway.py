@@ -7,6 +7,7 @@ returning only once they are committed, so no action is ever allowed unaudited.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import secrets
@@ -121,6 +122,21 @@ class Gateway:
     async def aclose(self) -> None:
         await self.writer.aclose()
         await self.db.aclose()
+
+    async def prune_risk(self) -> int | None:
+        """Delete the risk rows that no longer matter (housekeeping: the signals already
+        ignore them); how many, or None when the policy has no `risk:` section. Runs off the
+        event loop, on an idle connection, in short transactions (`clearance.risk.store`)."""
+        risk = self.risk
+        if risk is None:
+            return None
+        now = self.clock()
+
+        def prune() -> int:
+            with self.db.sync_engine.connect() as conn:
+                return int(risk.prune(conn, now))
+
+        return await asyncio.to_thread(prune)
 
     # -- the hot path --------------------------------------------------------------------------
     async def check(

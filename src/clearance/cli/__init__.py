@@ -11,6 +11,7 @@ from . import (  # noqa: F401 - registers
     mcp_cmds,
     mfa_cmds,  # users mfa enroll|list|reset; admin changes
     policy_cmds,
+    risk_cmds,  # risk prune
 )
 
 app = typer.Typer(
@@ -26,6 +27,7 @@ gateway_cmds.register(app)
 control_cmds.register(app)  # override, overrides, grants
 mcp_cmds.register(app)
 mfa_cmds.register(app)  # admin changes | change
+risk_cmds.register(app)
 
 
 def main() -> None:

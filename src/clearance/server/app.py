@@ -32,6 +32,9 @@ log = structlog.get_logger("clearance.server")
 
 MAX_BODY_BYTES = 1024 * 1024
 SCHEDULER_MAX_SLEEP_S = 30.0
+#: Risk housekeeping (`_risk_prune_loop`): first a minute after the start, then every 6 hours.
+RISK_PRUNE_FIRST_S = 60.0
+RISK_PRUNE_EVERY_S = 6 * 3600.0
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -107,6 +110,7 @@ def create_app(
             log.warning("admin_changes_settle_failed", error=str(exc))
         if scheduler:
             tasks.append(asyncio.create_task(_expiry_loop(app)))
+            tasks.append(asyncio.create_task(_risk_prune_loop(app)))
             if hub is not None and hub.channels:
                 tasks.append(asyncio.create_task(hub.dispatcher.run()))
                 tasks.extend(asyncio.create_task(job) for job in hub.background())
@@ -226,6 +230,22 @@ async def _reload(gateway: Gateway, by: str) -> None:
         log.info("policy_reloaded", policy_version=detail, by=by)
     else:
         log.error("policy_reload_rejected", problems=detail, by=by)
+
+
+async def _risk_prune_loop(app: FastAPI) -> None:
+    """Delete expired risk rows `RISK_PRUNE_FIRST_S` after the start, then every
+    `RISK_PRUNE_EVERY_S` (nothing when the policy, even after a reload, has no risk section).
+    Several servers on one database may prune at once: each deletes only expired rows."""
+    gateway: Gateway = app.state.gateway
+    await asyncio.sleep(RISK_PRUNE_FIRST_S)
+    while True:
+        try:
+            pruned = await gateway.prune_risk()
+            if pruned is not None:
+                log.info("risk_pruned", rows=pruned)
+        except Exception as exc:  # the database may be down for a while: try next time
+            log.warning("risk_prune_failed", error=str(exc))
+        await asyncio.sleep(RISK_PRUNE_EVERY_S)
 
 
 async def _expiry_loop(app: FastAPI) -> None:

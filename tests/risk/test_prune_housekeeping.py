@@ -1,0 +1,154 @@
+"""Risk housekeeping: expired risk rows are deleted by the gateway, the CLI and the server."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from clearance.cli import app as cli
+from clearance.gateway import Gateway
+from clearance.policy import Request
+from clearance.risk.tables import risk_state
+from clearance.server import app as server_app
+from clearance.store.database import Database
+from clearance.testing import FrozenClock
+
+POLICY = """
+policies:
+  default: deny
+  rules:
+    - id: new-place
+      actions: [pay]
+      when: risk.new_geo
+      effect: deny
+    - id: ok
+      actions: [pay]
+      effect: allow
+risk:
+  retention_days: 30
+"""
+LONG_AGO = datetime(2020, 3, 2, 9, 0, tzinfo=UTC)
+
+
+def rows(db: Database) -> int:
+    with db.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(risk_state)).scalar_one())
+
+
+@pytest.fixture
+def policy(tmp_path: Path) -> Path:
+    path = tmp_path / "risk.yaml"
+    path.write_text(POLICY)
+    return path
+
+
+def pay(user: str, geo: str) -> Request:
+    return Request("pay", {"amount": 10}, {"user": user, "agent": "bot"}, {"geo": geo})
+
+
+async def test_the_gateway_prunes_only_what_expired(policy: Path, db_url: str) -> None:
+    """Rows past their retention go; a subject seen since keeps its rows, and the signals
+    read the same before and after (a pruned country is new again, as it was already)."""
+    clock = FrozenClock(LONG_AGO)
+    gateway = Gateway.open(policy, database_url=db_url, clock=clock)
+    try:
+        assert (await gateway.check(pay("old", "US"))).decision.effect.value == "deny"
+        assert (await gateway.check(pay("old", "US"))).decision.effect.value == "allow"
+        clock.advance(days=31)
+        assert (await gateway.check(pay("recent", "FR"))).decision.effect.value == "deny"
+        before = rows(gateway.db)
+        assert before > 0
+        pruned = await gateway.prune_risk()
+        # old's counters and sighting, and the agent's first counters, expired; recent's stay
+        assert pruned is not None and pruned > 0
+        assert rows(gateway.db) == before - pruned
+        assert (await gateway.prune_risk()) == 0  # nothing more has expired
+        assert (await gateway.check(pay("recent", "FR"))).decision.effect.value == "allow"
+        assert (await gateway.check(pay("old", "US"))).decision.effect.value == "deny"
+    finally:
+        await gateway.aclose()
+
+
+async def test_a_policy_without_risk_prunes_nothing(tmp_path: Path, db_url: str) -> None:
+    path = tmp_path / "plain.yaml"
+    path.write_text(POLICY.replace("risk:\n  retention_days: 30\n", ""))
+    gateway = Gateway.open(path, database_url=db_url)
+    try:
+        assert await gateway.prune_risk() is None
+    finally:
+        await gateway.aclose()
+
+
+def test_the_cli_prunes_and_says_how_many(policy: Path, tmp_path: Path) -> None:
+    """`clearance risk prune` deletes rows written long ago (by a clock in 2020) and says so;
+    on a policy with no risk section it fails with a plain message."""
+    url = f"sqlite:///{tmp_path}/c.db"
+
+    async def old_checks() -> int:
+        gateway = Gateway.open(policy, database_url=url, clock=FrozenClock(LONG_AGO))
+        try:
+            await gateway.check(pay("old", "US"))
+            await gateway.check(pay("other", "DE"))
+            return rows(gateway.db)
+        finally:
+            await gateway.aclose()
+
+    written = asyncio.run(old_checks())
+    assert written > 0
+    runner = CliRunner()
+    result = runner.invoke(cli, ["risk", "prune", "--config", str(policy), "--database-url", url])
+    assert result.exit_code == 0, result.output
+    assert f"Pruned {written:,} expired risk rows." in result.output
+    result = runner.invoke(cli, ["risk", "prune", "--config", str(policy), "--database-url", url])
+    assert result.exit_code == 0 and "Pruned 0 expired risk rows." in result.output
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(POLICY.replace("risk:\n  retention_days: 30\n", ""))
+    result = runner.invoke(cli, ["risk", "prune", "--config", str(plain), "--database-url", url])
+    assert result.exit_code == 1
+    assert "no risk: section" in result.output
+
+
+async def test_the_server_prunes_in_the_background(
+    policy: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's housekeeping task prunes soon after the start and keeps going after a
+    failed round (the database may be down for a while)."""
+    monkeypatch.setattr(server_app, "RISK_PRUNE_FIRST_S", 0.0)
+    monkeypatch.setattr(server_app, "RISK_PRUNE_EVERY_S", 0.01)
+    gateway = Gateway.open(policy, database_url=db_url, clock=FrozenClock(LONG_AGO))
+    calls: list[int | None] = []
+    real = gateway.prune_risk
+
+    async def counted() -> int | None:
+        if not calls:
+            calls.append(None)
+            raise RuntimeError("the database is down")
+        found = await real()
+        calls.append(found)
+        return found
+
+    monkeypatch.setattr(gateway, "prune_risk", counted)
+    try:
+        await gateway.check(pay("old", "US"))
+        assert rows(gateway.db) > 0
+        gateway.clock.advance(days=400)  # type: ignore[attr-defined]
+        task = asyncio.create_task(
+            server_app._risk_prune_loop(SimpleNamespace(state=SimpleNamespace(gateway=gateway)))  # type: ignore[arg-type]
+        )
+        for _ in range(500):
+            if len(calls) >= 3:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert calls[0] is None and calls[1] is not None and calls[1] > 0
+        assert rows(gateway.db) == 0
+    finally:
+        await gateway.aclose()
