@@ -134,6 +134,9 @@ class Gateway:
 
         def prune() -> int:
             with self.db.sync_engine.connect() as conn:
+                # SQLite: take the write lock at BEGIN, waiting for it (busy timeout); a read
+                # transaction cannot become a write once the audit writer has committed.
+                conn.execution_options(sqlite_begin="IMMEDIATE")
                 return int(risk.prune(conn, now))
 
         return await asyncio.to_thread(prune)

@@ -152,3 +152,27 @@ async def test_the_server_prunes_in_the_background(
         assert rows(gateway.db) == 0
     finally:
         await gateway.aclose()
+
+
+async def test_pruning_while_checks_are_written(policy: Path, tmp_path: Path) -> None:
+    """On SQLite, a prune running beside a busy writer waits for the write lock instead of
+    failing (a read transaction may not upgrade to a write once another has committed)."""
+    clock = FrozenClock(LONG_AGO)
+    gateway = Gateway.open(policy, database_url=f"sqlite:///{tmp_path}/busy.db", clock=clock)
+    try:
+        for i in range(300):
+            await gateway.check(pay(f"old-{i}", "US"))
+        clock.advance(days=400)
+        before = rows(gateway.db)
+
+        async def checks() -> None:
+            for i in range(300):
+                await gateway.check(pay(f"new-{i % 7}", "FR"))
+                await asyncio.sleep(0)
+
+        pruned, _ = await asyncio.gather(gateway.prune_risk(), checks())
+        assert pruned is not None and pruned > 0
+        assert (await gateway.prune_risk()) == 0
+        assert rows(gateway.db) < before
+    finally:
+        await gateway.aclose()
