@@ -176,3 +176,82 @@ async def test_pruning_while_checks_are_written(policy: Path, tmp_path: Path) ->
         assert rows(gateway.db) < before
     finally:
         await gateway.aclose()
+
+
+def test_risk_show_tells_what_is_known_about_a_subject(policy: Path, tmp_path: Path) -> None:
+    """`clearance risk show` lists a person's requests per window and what they are known
+    for, a payee's bank-details change and an agent's denials; JSON and tables agree."""
+    url = f"sqlite:///{tmp_path}/show.db"
+    policy.write_text(
+        POLICY.replace(
+            "    - id: ok\n",
+            "    - id: no-refunds\n      actions: [refund]\n      effect: deny\n    - id: ok\n",
+        ).replace(
+            "actions: [pay]\n      effect: allow",
+            "actions: [pay, change_terms]\n      effect: allow",
+        )
+        + "  patterns:\n    payee_bank_change:\n      change_actions: [change_terms]\n"
+    )
+
+    async def checks() -> None:
+        gateway = Gateway.open(policy, database_url=url)
+        try:
+            for amount in (120, 80):
+                await gateway.check(
+                    Request(
+                        "pay",
+                        {"amount": amount, "payee_id": "acme"},
+                        {"user": "alice", "agent": "bot"},
+                        {"geo": "us", "device_id": "laptop-7"},
+                    )
+                )
+            await gateway.check(
+                Request(
+                    "change_terms",
+                    {"supplier_id": "acme", "changes": ["bank_details"]},
+                    {"user": "bob", "agent": "bot"},
+                )
+            )
+            denied = await gateway.check(Request("refund", {}, {"user": "bob", "agent": "bot"}))
+            assert denied.decision.effect.value == "deny"
+        finally:
+            await gateway.aclose()
+
+    asyncio.run(checks())
+    runner = CliRunner()
+
+    def show(subject: str, *extra: str) -> str:
+        args = ["risk", "show", subject, "--config", str(policy), "--database-url", url, *extra]
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    import json
+
+    alice = json.loads(show("alice", "--json"))
+    assert alice["subject"] == "alice"
+    # The first payment came from a new country and was denied: counted, its amount not kept.
+    assert [(r["action"], r["as"], r["last_hour"], r["amount_24h"]) for r in alice["requests"]] == [
+        ("pay", "requester", 2, 80.0)
+    ]
+    assert sorted((k["kind"], k["value"]) for k in alice["known"]) == [
+        ("country", "US"),
+        ("device", "laptop-7"),
+        ("payee", "acme"),
+    ]
+    assert alice["bank_details_changed"] is None and alice["recent_denials"] == []
+    acme = json.loads(show("acme", "--json"))
+    assert acme["bank_details_changed"] is not None and acme["requests"] == []
+    bot = json.loads(show("bot", "--json"))
+    assert {(r["action"], r["as"]) for r in bot["requests"]} == {
+        ("pay", "agent"),
+        ("change_terms", "agent"),
+        ("refund", "agent"),
+    }
+    assert len(bot["recent_denials"]) == 2  # alice's first payment and bob's refund
+    table = show("alice")
+    assert "What the risk signals know about alice" in table
+    assert "pay" in table and "laptop-7" in table and "US" in table
+    assert "Bank details changed" in show("acme")
+    assert "Recent denied or blocked requests: 2" in show("bot")
+    assert "Nothing is stored about zed" in show("zed")

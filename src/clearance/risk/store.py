@@ -76,11 +76,13 @@ __all__ = [
     "RiskStoreConflict",
     "RowCache",
     "StoreKeys",
+    "SubjectRow",
     "describe",
     "keys_of",
     "prune",
     "read",
     "record",
+    "subject_rows",
 ]
 
 Key = tuple[str, str, str]
@@ -490,6 +492,34 @@ def describe(kind: str, state: bytes) -> Any:
             "amounts": value.amounts.tolist(),
         }
     return value
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectRow:
+    """One stored row of a subject, as `subject_rows` reads it."""
+
+    kind: str
+    item: str
+    value: Any  # Activity, a time (epoch seconds) or a list of times: see the module docstring
+    updated_at: datetime
+    expires_at: datetime
+
+
+def subject_rows(conn: Connection, subject: str) -> list[SubjectRow]:
+    """Every row the store keeps about `subject` (a person, an agent or a payee), in key
+    order: one primary-key range, for people investigating a signal (not the hot path)."""
+    c = risk_state.c
+    query = (
+        select(c.kind, c.item, c.state, c.updated_at, c.expires_at)
+        .where(c.subject == key_part(subject))
+        .order_by(c.kind, c.item)
+    )
+    with translate_errors():
+        found = conn.execute(query).all()
+    return [
+        SubjectRow(r.kind, r.item, _decode(r.kind, bytes(r.state)), r.updated_at, r.expires_at)
+        for r in found
+    ]
 
 
 def prune(conn: Connection, now: datetime, *, batch: int = 2000) -> int:
