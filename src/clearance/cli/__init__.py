@@ -11,7 +11,7 @@ from . import (  # noqa: F401 - registers
     mcp_cmds,
     mfa_cmds,  # users mfa enroll|list|reset; admin changes
     policy_cmds,
-    risk_cmds,  # risk prune
+    risk_cmds,  # risk show | prune
 )
 
 app = typer.Typer(

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from ..risk.store import SubjectRow
 
 risk_app = typer.Typer(
-    help="Risk signals: housekeeping of their stored history.", no_args_is_help=True
+    help="Risk signals: what they know about someone; their housekeeping.", no_args_is_help=True
 )
 
 
