@@ -255,3 +255,25 @@ def test_risk_show_tells_what_is_known_about_a_subject(policy: Path, tmp_path: P
     assert "Bank details changed" in show("acme")
     assert "Recent denied or blocked requests: 2" in show("bot")
     assert "Nothing is stored about zed" in show("zed")
+
+
+async def test_pruning_forgets_only_the_deleted_rows_from_the_cache(
+    policy: Path, db_url: str
+) -> None:
+    """An expired row leaves the row cache with the store (it still holds old amounts); the
+    rows of subjects seen since stay cached, so pruning causes no burst of store reads."""
+    from clearance.risk.store import ACTOR_ACTION
+
+    clock = FrozenClock(LONG_AGO)
+    gateway = Gateway.open(policy, database_url=db_url, clock=clock)
+    try:
+        await gateway.check(pay("old", "US"))
+        clock.advance(days=31)
+        await gateway.check(pay("recent", "US"))
+        old, recent = (ACTOR_ACTION, "old", "pay"), (ACTOR_ACTION, "recent", "pay")
+        cache = gateway.risk.cache
+        assert set(cache.get_many([old, recent])) == {old, recent}
+        assert (await gateway.prune_risk() or 0) > 0
+        assert set(cache.get_many([old, recent])) == {recent}
+    finally:
+        await gateway.aclose()

@@ -171,7 +171,12 @@ class RiskEngine:
     def prune(self, conn: Connection, now: datetime, *, batch: int = 2000) -> int:
         """Delete expired rows (housekeeping, off the hot path, e.g. daily); how many.
 
-        On an idle connection it works in short transactions of `batch` rows.
+        On an idle connection it works in short transactions of `batch` rows. The deleted
+        rows leave the cache too (an expired row still holds, say, old amounts); the rest of
+        the cache stays warm.
         """
-        self.cache.clear()
-        return store.prune(conn, now, batch=batch)
+        deleted: list[store.Key] = []
+        try:
+            return store.prune(conn, now, batch=batch, deleted=deleted)
+        finally:
+            self.cache.forget(deleted)

@@ -252,6 +252,14 @@ class RowCache:
         with self._lock:
             self._rows.clear()
 
+    def forget(self, keys: list[Key]) -> None:
+        """Drop these rows (deleted from the store); a row being written stays held."""
+        with self._lock:
+            rows = self._rows
+            for key in keys:
+                if rows.get(key) is not _HELD:
+                    rows.pop(key, None)
+
     def _trim(self) -> None:
         cached = self._rows
         while len(cached) > self.size:
@@ -522,8 +530,11 @@ def subject_rows(conn: Connection, subject: str) -> list[SubjectRow]:
     ]
 
 
-def prune(conn: Connection, now: datetime, *, batch: int = 2000) -> int:
-    """Delete the rows that no longer matter at `now`; how many. Off the hot path.
+def prune(
+    conn: Connection, now: datetime, *, batch: int = 2000, deleted: list[Key] | None = None
+) -> int:
+    """Delete the rows that no longer matter at `now`; how many (their keys are appended to
+    `deleted` when given). Off the hot path.
 
     Walks the table in primary-key order, `batch` rows at a time (no index on `expires_at`:
     keeping one up to date would cost every check a second B-tree write). On an idle
@@ -560,6 +571,8 @@ def prune(conn: Connection, now: datetime, *, batch: int = 2000) -> int:
                 ]
                 if expired:
                     total += int(conn.execute(delete_one, expired).rowcount or 0)
+                    if deleted is not None:
+                        deleted.extend((e["k"], e["s"], e["i"]) for e in expired)
             except BaseException:
                 if own:
                     conn.rollback()
