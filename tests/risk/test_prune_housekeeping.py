@@ -16,6 +16,8 @@ from clearance.gateway import Gateway
 from clearance.policy import Request
 from clearance.risk.tables import risk_state
 from clearance.server import app as server_app
+from clearance.server.app import create_app
+from clearance.server.metrics import Metrics
 from clearance.store.database import Database
 from clearance.testing import FrozenClock
 
@@ -138,9 +140,9 @@ async def test_the_server_prunes_in_the_background(
         await gateway.check(pay("old", "US"))
         assert rows(gateway.db) > 0
         gateway.clock.advance(days=400)  # type: ignore[attr-defined]
-        task = asyncio.create_task(
-            server_app._risk_prune_loop(SimpleNamespace(state=SimpleNamespace(gateway=gateway)))  # type: ignore[arg-type]
-        )
+        metrics = Metrics()
+        state = SimpleNamespace(gateway=gateway, metrics=metrics)
+        task = asyncio.create_task(server_app._risk_prune_loop(SimpleNamespace(state=state)))  # type: ignore[arg-type]
         for _ in range(500):
             if len(calls) >= 3:
                 break
@@ -150,6 +152,7 @@ async def test_the_server_prunes_in_the_background(
             await task
         assert calls[0] is None and calls[1] is not None and calls[1] > 0
         assert rows(gateway.db) == 0
+        assert f"clearance_risk_pruned_rows_total {float(calls[1])}" in metrics.render().decode()
     finally:
         await gateway.aclose()
 
@@ -275,5 +278,41 @@ async def test_pruning_forgets_only_the_deleted_rows_from_the_cache(
         assert set(cache.get_many([old, recent])) == {old, recent}
         assert (await gateway.prune_risk() or 0) > 0
         assert set(cache.get_many([old, recent])) == {recent}
+    finally:
+        await gateway.aclose()
+
+
+async def test_metrics_show_the_risk_cache(policy: Path, tmp_path: Path) -> None:
+    """/metrics shows how many risk rows are in memory and how often lookups found them
+    there (to size the cache); with no risk section there is nothing about risk."""
+    import httpx
+
+    gateway = Gateway.open(policy, database_url=f"sqlite:///{tmp_path}/m.db")
+    try:
+        app = create_app(gateway, scheduler=False, inbox=False)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://test"
+        ) as client:
+            await gateway.check(pay("alice", "US"))
+            await gateway.check(pay("alice", "US"))
+            text = (await client.get("/metrics")).text
+        cache = gateway.risk.cache
+        assert cache.hits > 0 and cache.misses > 0
+        assert f"clearance_risk_cache_rows {float(len(cache))}" in text
+        assert f'clearance_risk_cache_lookups_total{{result="hit"}} {float(cache.hits)}' in text
+        assert f'clearance_risk_cache_lookups_total{{result="miss"}} {float(cache.misses)}' in text
+    finally:
+        await gateway.aclose()
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(POLICY.replace("risk:\n  retention_days: 30\n", ""))
+    gateway = Gateway.open(plain, database_url=f"sqlite:///{tmp_path}/p.db")
+    try:
+        app = create_app(gateway, scheduler=False, inbox=False)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://test"
+        ) as client:
+            text = (await client.get("/metrics")).text
+        assert "clearance_risk_cache" not in text
+        assert "clearance_risk_pruned_rows_total 0.0" in text
     finally:
         await gateway.aclose()

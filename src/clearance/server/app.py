@@ -145,7 +145,7 @@ def create_app(
     gateway.approvals.mfa_settings()
     app.state.admin_changes = AdminChanges(gateway)  # four eyes on policy/directory changes
     app.state.key_cache = KeyCache()
-    app.state.metrics = Metrics()
+    app.state.metrics = Metrics(risk=lambda: gateway.risk)
     app.state.wake_scheduler = asyncio.Event()
     app.state.channels = hub
     gateway.approvals.on_change.append(app.state.metrics.observe_change)
@@ -242,6 +242,7 @@ async def _risk_prune_loop(app: FastAPI) -> None:
         try:
             pruned = await gateway.prune_risk()
             if pruned is not None:
+                app.state.metrics.risk_pruned.inc(pruned)
                 log.info("risk_pruned", rows=pruned)
         except Exception as exc:  # the database may be down for a while: try next time
             log.warning("risk_prune_failed", error=str(exc))

@@ -3,15 +3,53 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from ..approvals.records import StoredApproval
 
 
+class _RiskCache(Collector):
+    """The risk signals' row cache, read at each scrape (nothing when risk is off)."""
+
+    def __init__(self, risk: Callable[[], Any]) -> None:
+        self._risk = risk
+
+    def collect(self) -> Iterator[Metric]:
+        risk = self._risk()
+        if risk is None:
+            return
+        cache = risk.cache
+        rows = GaugeMetricFamily(
+            "clearance_risk_cache_rows", "Risk rows held in memory (at most risk cache size)"
+        )
+        rows.add_metric([], len(cache))
+        yield rows
+        lookups = CounterMetricFamily(
+            "clearance_risk_cache_lookups",
+            "Risk rows looked up in memory before a check, by whether they were there",
+            labels=["result"],
+        )
+        lookups.add_metric(["hit"], cache.hits)
+        lookups.add_metric(["miss"], cache.misses)
+        yield lookups
+
+
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, risk: Callable[[], Any] | None = None) -> None:
+        """`risk` returns the gateway's risk engine now (it changes on a reload), or None."""
         self.registry = CollectorRegistry(auto_describe=True)
+        if risk is not None:
+            self.registry.register(_RiskCache(risk))
+        self.risk_pruned = Counter(
+            "clearance_risk_pruned_rows",
+            "Expired risk rows deleted by the server's housekeeping",
+            registry=self.registry,
+        )
         self.checks = Counter(
             "clearance_checks", "Checks answered, by effect", ["effect"], registry=self.registry
         )
