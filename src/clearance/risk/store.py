@@ -315,13 +315,9 @@ def _history(keys: StoreKeys, rows: dict[Key, tuple[int, Any]]) -> History:
 def _select(conn: Connection, keys: list[Key]) -> dict[Key, tuple[int, Any]]:
     """The rows at `keys`; an absent row is (0, None)."""
     sql = _statements(conn.dialect).select(len(keys))
-    params: dict[str, Any] = {}
-    for i, (kind, subject, item) in enumerate(keys):
-        params[f"k{i}"] = kind
-        params[f"s{i}"] = subject
-        params[f"i{i}"] = item
+    values = [part for key in keys for part in key]  # kind, subject, item of each, in order
     found: dict[Key, tuple[int, Any]] = {key: (0, None) for key in keys}
-    for kind, subject, item, version, state in _run(conn, sql, params):
+    for kind, subject, item, version, state in _run_flat(conn, sql, values):
         found[(kind, subject, item)] = (int(version), _decode(kind, bytes(state)))
     return found
 
@@ -598,17 +594,6 @@ def _run_flat(conn: Connection, sql: _SQL, values: list[Any]) -> list[Any]:
     return _execute(conn, text, args)
 
 
-def _run(
-    conn: Connection, sql: tuple[str, tuple[str, ...] | None], params: dict[str, Any]
-) -> list[Any]:
-    text, order = sql
-    args: Any = [params[name] for name in order] if order is not None else params
-    if not conn.in_transaction() and conn.dialect.name != "sqlite":
-        with conn.begin():
-            return _execute(conn, text, args)
-    return _execute(conn, text, args)
-
-
 def _execute(conn: Connection, text: str, args: Any) -> list[Any]:
     cursor = conn.connection.cursor()
     try:
@@ -659,7 +644,8 @@ class _Statements:
                 for i in range(n)
             ]
             stmt = parts[0] if n == 1 else union_all(*parts)
-            found = self._selects[n] = self._compile(stmt)
+            names = [f"{p}{i}" for i in range(n) for p in ("k", "s", "i")]
+            found = self._selects[n] = self._compile_flat(stmt, names)
         return found
 
     def upsert(self, n: int) -> _SQL:
@@ -697,8 +683,8 @@ class _Statements:
         return found
 
     def _compile_flat(self, stmt: ClauseElement, names: list[str]) -> _SQL:
-        """For `_run_flat`: values come in the order of `names` (row by row, in the table's
-        column order), which must be the placeholders' order for a positional driver."""
+        """For `_run_flat`: values come in the order of `names` (row by row), which must be
+        the placeholders' order for a positional driver."""
         text, order = self._compile(stmt)
         if order is None:
             return text, tuple(names)
