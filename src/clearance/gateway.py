@@ -133,7 +133,7 @@ class Gateway:
         now = self.clock()
 
         def prune() -> int:
-            with self.db.sync_engine.connect() as conn:
+            with self.db.connect() as conn:
                 # SQLite: take the write lock at BEGIN, waiting for it (busy timeout); a read
                 # transaction cannot become a write once the audit writer has committed.
                 conn.execution_options(sqlite_begin="IMMEDIATE")

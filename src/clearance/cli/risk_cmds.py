@@ -4,7 +4,6 @@ every few hours)."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -63,13 +62,10 @@ def show(
     countries, devices and payees it is known for, a payee's bank-details change, an agent's
     recent denials. For investigating why a request was flagged."""
     from ..risk import store
+    from ..store.reads import read
 
     async def work(gateway: Gateway) -> list[SubjectRow]:
-        def read() -> list[SubjectRow]:
-            with gateway.db.sync_engine.connect() as conn:
-                return store.subject_rows(conn, subject)
-
-        return await asyncio.to_thread(read)
+        return await read(gateway.db, lambda conn: store.subject_rows(conn, subject))
 
     rows = with_gateway(config, database_url, work)
     now = datetime.now(UTC)
@@ -148,7 +144,7 @@ def _report(subject: str, rows: list[SubjectRow], now: datetime) -> dict[str, An
                     "kind": _SEEN[row.kind],
                     "value": row.item,
                     "last_seen": _iso(row.value),
-                    "known_until": _aware(row.expires_at).isoformat(),
+                    "known_until": row.expires_at.isoformat(),
                 }
             )
         elif row.kind == "payee_bank":
@@ -169,20 +165,11 @@ def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat()
 
 
-def _aware(when: datetime) -> datetime:
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-
-
 def _when(now: datetime) -> str:
     return now.strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _ago(now: datetime, iso: str) -> str:
-    seconds = (now - datetime.fromisoformat(iso)).total_seconds()
-    if seconds < 60:
-        return "just now"
-    if seconds < 3600:
-        return f"{int(seconds // 60)} min ago"
-    if seconds < 2 * 86400:
-        return f"{int(seconds // 3600)} h ago"
-    return f"{int(seconds // 86400)} days ago"
+    from ..risk.signals import ago
+
+    return ago((now - datetime.fromisoformat(iso)).total_seconds())

@@ -45,7 +45,7 @@ from .activity import Activity, WindowTotals
 from .facts import Facts
 from .settings import RiskSettings, VelocityLimits
 
-__all__ = ["History", "compute", "local_time_zone", "neutral_risk", "robust_z"]
+__all__ = ["History", "ago", "compute", "local_time_zone", "neutral_risk", "robust_z"]
 
 _DAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 _WINDOW_WORDS = (("1m", "minute"), ("1h", "hour"), ("24h", "24 hours"))
@@ -182,7 +182,7 @@ def compute(
         patterns.append("payee_bank_change")
         fired.append("payee_bank_change")
         reasons.append(
-            f"the bank details of payee {facts.payee} were changed {_ago(ts - changed)}, "
+            f"the bank details of payee {facts.payee} were changed {ago(ts - changed)}, "
             f"less than {bank.days:g} days before this payment"
         )
     burst = settings.patterns.denial_burst
@@ -311,7 +311,8 @@ def _money(value: float) -> str:
     return text[:-3] if text.endswith(".00") else text
 
 
-def _ago(seconds: float) -> str:
+def ago(seconds: float) -> str:
+    """How long ago, in words ("3 minutes ago"); "just now" for a time in the future."""
     if seconds < 0:
         return "just now"
     if seconds < 3600:

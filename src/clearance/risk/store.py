@@ -505,7 +505,6 @@ class SubjectRow:
     kind: str
     item: str
     value: Any  # Activity, a time (epoch seconds) or a list of times: see the module docstring
-    updated_at: datetime
     expires_at: datetime
 
 
@@ -514,15 +513,14 @@ def subject_rows(conn: Connection, subject: str) -> list[SubjectRow]:
     order: one primary-key range, for people investigating a signal (not the hot path)."""
     c = risk_state.c
     query = (
-        select(c.kind, c.item, c.state, c.updated_at, c.expires_at)
+        select(c.kind, c.item, c.state, c.expires_at)
         .where(c.subject == key_part(subject))
         .order_by(c.kind, c.item)
     )
     with translate_errors():
         found = conn.execute(query).all()
     return [
-        SubjectRow(r.kind, r.item, _decode(r.kind, bytes(r.state)), r.updated_at, r.expires_at)
-        for r in found
+        SubjectRow(r.kind, r.item, _decode(r.kind, bytes(r.state)), r.expires_at) for r in found
     ]
 
 

@@ -117,15 +117,13 @@ class Database:
         with self._kept_lock:
             if conn in self._kept:
                 self._kept.remove(conn)
-        with contextlib.suppress(Exception):  # being thrown away: it may be broken
-            conn.close()
+        _close_quietly(conn)
 
     def _close_kept(self) -> None:
         with self._kept_lock:
             kept, self._kept = self._kept, []
         for conn in kept:
-            with contextlib.suppress(Exception):
-                conn.close()
+            _close_quietly(conn)
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
@@ -191,6 +189,11 @@ class Database:
         self._close_kept()
         await self.async_engine.dispose()
         self.sync_engine.dispose()
+
+
+def _close_quietly(conn: Connection) -> None:
+    with contextlib.suppress(Exception):  # being thrown away or shut down: it may be broken
+        conn.close()
 
 
 def open_database(

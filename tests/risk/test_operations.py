@@ -1,4 +1,4 @@
-"""Risk housekeeping: expired risk rows are deleted by the gateway, the CLI and the server."""
+"""Operating the risk signals: pruning (gateway, CLI, server), `clearance risk show`, metrics."""
 
 from __future__ import annotations
 
