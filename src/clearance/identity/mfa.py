@@ -40,7 +40,7 @@ from typing import Any
 import pyotp
 import structlog
 from cryptography.fernet import Fernet, InvalidToken
-from sqlalchemy import Connection, and_, delete, insert, or_, select, update
+from sqlalchemy import ColumnElement, Connection, and_, delete, insert, or_, select, update
 
 from ..policy.model import ResolvedStage
 from ..store.mfa_admin_tables import mfa_challenges, mfa_factors, session_factors
@@ -273,15 +273,7 @@ def start_totp(
             f"{person_id} already has an authenticator app; reset it first "
             "(clearance users mfa reset)",
         )
-    conn.execute(
-        delete(mfa_factors).where(
-            and_(
-                mfa_factors.c.person_id == person_id,
-                mfa_factors.c.kind == "totp",
-                mfa_factors.c.confirmed_at.is_(None),
-            )
-        )
-    )
+    conn.execute(delete(mfa_factors).where(_totp_of(person_id, confirmed=False)))
     secret = pyotp.random_base32()
     factor_id = _factor_id()
     conn.execute(
@@ -299,15 +291,7 @@ def confirm_totp(
 ) -> None:
     """Finish enrolment with a first code from the app (that code is used up)."""
     row = (
-        conn.execute(
-            select(mfa_factors).where(
-                and_(
-                    mfa_factors.c.person_id == person_id,
-                    mfa_factors.c.kind == "totp",
-                    mfa_factors.c.confirmed_at.is_(None),
-                )
-            )
-        )
+        conn.execute(select(mfa_factors).where(_totp_of(person_id, confirmed=False)))
         .mappings()
         .first()
     )
@@ -318,6 +302,16 @@ def confirm_totp(
         update(mfa_factors)
         .where(mfa_factors.c.id == row["id"])
         .values(confirmed_at=now, last_step=step, last_used_at=now)
+    )
+
+
+def _totp_of(person_id: str, *, confirmed: bool) -> ColumnElement[bool]:
+    """The person's authenticator-app factor: the confirmed one, or the one being enrolled."""
+    confirmed_at = mfa_factors.c.confirmed_at
+    return and_(
+        mfa_factors.c.person_id == person_id,
+        mfa_factors.c.kind == "totp",
+        confirmed_at.is_not(None) if confirmed else confirmed_at.is_(None),
     )
 
 
@@ -349,15 +343,7 @@ def verify_totp(
     `mfa_locked` (`MAX_FAILURES` wrong codes in a row lock the factor for `LOCKOUT`).
     The use is recorded in the caller's transaction: if it rolls back, so does the use."""
     row = (
-        conn.execute(
-            select(mfa_factors).where(
-                and_(
-                    mfa_factors.c.person_id == person_id,
-                    mfa_factors.c.kind == "totp",
-                    mfa_factors.c.confirmed_at.is_not(None),
-                )
-            )
-        )
+        conn.execute(select(mfa_factors).where(_totp_of(person_id, confirmed=True)))
         .mappings()
         .first()
     )
