@@ -11,24 +11,25 @@
 2. Checks — one sequential caller on the event loop, `examples/enterprise/clearance.yaml`,
    a SQLite file (WAL) and the audit writer (group commit), as `Gateway.check` does it:
    transfers under $500 by people drawn from the same population. Variants, interleaved in
-   rounds so that machine noise hits them alike, after a warm-up of every variant and
-   10,000 checks (3,000 with `--quick`) of `with`, so that its row cache holds what a server
-   that has run a few minutes would (the hit rate is printed); the audit entry keeps what
-   `Gateway.check` keeps of the risk map (score, reasons, patterns):
+   rounds so that machine noise hits them alike, after a warm-up of every variant, the row
+   cache filled as `clearance serve` fills it at start (`RiskEngine.warm`: the most recently
+   updated rows) and 10,000 checks (3,000 with `--quick`) of `with`, so that it holds what a
+   server that has run a while would (the hit rate is printed); the audit entry keeps what
+   `Gateway.check` keeps of the risk map (score, reasons, patterns, the journal):
    - `without`         evaluate (risk = the neutral default) + `writer.append(entry)`;
-   - `without/run`     the same entry through `writer.run` (a unit: a SAVEPOINT, which is
-                       what writing anything else with the entry takes; the writer issues
-                       it on the DB-API cursor, so it costs a few µs);
-   - `with`            `risk.assessment` on a reader connection (one indexed read, none on a
-                       cache hit) + evaluate + `writer.run(entry + risk.record)` (one upsert)
-                       + `risk.committed`: what `Gateway.check` does;
-   - `with/no-cache`   `with`, on an engine without its row cache (other people, so the two
-                       engines never write the same rows);
-   - `with/in-unit`    the read, evaluation, entry and record all inside one writer unit;
+   - `without/run`     the same entry through `writer.run` (a unit: a SAVEPOINT), for scale;
+   - `with`            what `Gateway.check` does: `risk.assessment` on a reader connection
+                       (one indexed read, none when the rows are kept in memory) + evaluate +
+                       `writer.append(entry with its risk journal)` + `risk.note`; and when a
+                       fold is due (a second since the last, or 5,000 checks), the fold, inside
+                       that check's time: the median hardly sees the folds, the mean carries
+                       them;
+   - `with/no-cache`   `with` by a second process without a row cache (its own audit chain,
+                       folded by the first; other people, so the two never share rows);
    - `with/hot`        `with`, for the busy agents (their rows are the largest).
-   Wall-clock median and p99 µs a check, and the process's CPU time (all threads); the
+   Wall-clock median, mean and p99 µs a check, and the process's CPU time (all threads); the
    target is `with` < 2 × `without` (the issue: "a check with risk signals stays under 2×
-   the cost of one without"). Also `assess` and `record` alone, on plain connections.
+   the cost of one without"). Also `assess` alone, and what the folds cost per check folded.
 
 Run: `.venv/bin/python -m bench risk` (about 75 s here) or `… risk --quick`. Flags with a
 value take `=`: `--past=N`; `--database-url=postgresql://…` runs everything against
@@ -60,10 +61,10 @@ from typing import Any
 from sqlalchemy import Connection, event, func, insert, select
 
 from clearance.audit.entry import AuditDraft, Kind
-from clearance.audit.writer import AuditWriter, WriteTx
+from clearance.audit.writer import AuditWriter
 from clearance.canonical import params_hash
 from clearance.policy import Engine, Request, load_policy
-from clearance.risk import Recorded, RiskEngine
+from clearance.risk import RiskEngine
 from clearance.risk.activity import EPOCH, Activity
 from clearance.risk.store import (
     ACTOR_ACTION,
@@ -335,13 +336,16 @@ def _aware(ts: float) -> datetime:
 
 @dataclass(frozen=True, slots=True)
 class Stats:
-    """Wall-clock median and p99, and the median CPU time of the process (all threads: the
-    PostgreSQL writer works in its own), in µs."""
+    """Wall-clock median, mean and p99, and the median and mean CPU time of the process (all
+    threads: the PostgreSQL writer works in its own), in µs. The mean carries the rare slow
+    checks the median skips: the folds of the risk rows, WAL checkpoints."""
 
     n: int
     median_us: float
     p99_us: float
     cpu_us: float = math.nan
+    mean_us: float = math.nan
+    cpu_mean_us: float = math.nan
 
     @classmethod
     def of(cls, samples_ns: Sequence[int], cpu_ns: Sequence[int] = ()) -> Stats:
@@ -350,7 +354,15 @@ class Stats:
         ordered = sorted(samples_ns)
         p99 = ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
         cpu = statistics.median(cpu_ns) / 1000 if cpu_ns else math.nan
-        return cls(len(ordered), statistics.median(ordered) / 1000, p99 / 1000, cpu)
+        cpu_mean = statistics.fmean(cpu_ns) / 1000 if cpu_ns else math.nan
+        return cls(
+            len(ordered),
+            statistics.median(ordered) / 1000,
+            p99 / 1000,
+            cpu,
+            statistics.fmean(ordered) / 1000,
+            cpu_mean,
+        )
 
 
 class Bench:
@@ -363,12 +375,19 @@ class Bench:
         self.uncached = RiskEngine(risk.settings, cache_rows=0)
         self.engine = engine
         self.writer = AuditWriter(db, "bench-risk")
+        risk.journal.chain_id = self.writer.chain_id  # its checks are noted against that chain
+        # The engine without a cache stands for a second process: a chain of its own, folded
+        # by the first (which it never clears the cache of, as its own folds would).
+        self.other_writer = AuditWriter(db, "bench-risk-2")
+        self.uncached.journal.chain_id = self.other_writer.chain_id
         self.reader = db.sync_engine.connect()
         self.rng = random.Random(SEED + 1)
         self.clock = NOW.timestamp()
         self.effects: dict[str, int] = {}
+        self.folds: list[tuple[int, int]] = []  # (checks counted, ns) of each fold
 
     async def aclose(self) -> None:
+        await self.other_writer.aclose()
         await self.writer.aclose()
         self.reader.close()
 
@@ -386,7 +405,12 @@ class Bench:
         return self.pop.request(i, "payments.transfer", self.rng, cap=499.0)
 
     def entry(
-        self, request: Request, decision: Any, now: datetime, risk: dict[str, Any] | None
+        self,
+        request: Request,
+        decision: Any,
+        now: datetime,
+        risk: dict[str, Any] | None,
+        journal: list[Any] | None = None,
     ) -> AuditDraft:
         data: dict[str, Any] = {
             "decision_id": decision.decision_id,
@@ -397,6 +421,8 @@ class Bench:
         }
         if risk is not None:  # what `Gateway.check` keeps of it (`_check_data`)
             data["risk"] = {k: risk.get(k) for k in ("score", "reasons", "patterns")}
+            if journal is not None:
+                data["risk"]["f"] = journal
         self.effects[decision.effect.value] = self.effects.get(decision.effect.value, 0) + 1
         return AuditDraft(
             kind=Kind.CHECK,
@@ -422,33 +448,29 @@ class Bench:
         await self.writer.run(lambda tx: tx.audit(entry))
 
     async def with_risk(self, request: Request, *, cached: bool = True) -> None:
-        """Read before evaluating (reader connection); record in the entry's unit."""
+        """What `Gateway.check` does: read (reader connection, or the engine's rows in
+        memory), evaluate, append the entry with its risk journal, note it; and, when one is
+        due, fold the unfolded checks into the store, inside this check's time (so that the
+        mean, unlike the median, carries the folds)."""
         now = self.now()
         risk = self.risk if cached else self.uncached
         assessment = risk.assessment(self.reader, request, now)
         request = dataclasses.replace(request, risk=assessment.risk)
         decision = self.engine.evaluate(request)
-        entry = self.entry(request, decision, now, assessment.risk)
+        entry = self.entry(request, decision, now, assessment.risk, risk.journal_entry(assessment))
+        appended = await (self.writer if cached else self.other_writer).append(entry)
+        risk.note(appended.seq, assessment, decision.effect.value, now)
+        if cached and risk.fold_due():
+            await self.fold(risk)
 
-        def unit(tx: WriteTx) -> Recorded:
-            tx.audit(entry)
-            return risk.record(tx.conn, request, decision.effect, now, assessment=assessment)
-
-        risk.committed(await self.writer.run(unit))
-
-    async def with_risk_in_unit(self, request: Request) -> None:
-        """Read, evaluate, audit and record, all inside one writer unit."""
+    async def fold(self, risk: RiskEngine) -> int:
+        """Fold the checks not yet in the store (as `Gateway.fold_risk`); how many."""
         now = self.now()
-        risk = self.risk
-
-        def unit(tx: WriteTx) -> Recorded:
-            assessment = risk.assessment(tx.conn, request, now)
-            assessed = dataclasses.replace(request, risk=assessment.risk)
-            decision = self.engine.evaluate(assessed)
-            tx.audit(self.entry(assessed, decision, now, assessment.risk))
-            return risk.record(tx.conn, assessed, decision.effect, now, assessment=assessment)
-
-        risk.committed(await self.writer.run(unit))
+        started = time.perf_counter_ns()
+        result = await self.writer.run(lambda tx: risk.fold(tx, now))
+        risk.folded(result)
+        self.folds.append((result.entries, time.perf_counter_ns() - started))
+        return result.entries
 
 
 Variant = Callable[[Request], Awaitable[None]]
@@ -464,7 +486,6 @@ async def measure(bench: Bench, sizes: Sizes) -> dict[str, Stats]:
             functools.partial(bench.with_risk, cached=False),
             functools.partial(bench.next_request, 1),
         ),
-        "with/in-unit": (bench.with_risk_in_unit, people),
     }
     hot = iter(range(10**9))
     hot_agents = max(1, bench.pop.sizes.hot_agents)
@@ -472,9 +493,13 @@ async def measure(bench: Bench, sizes: Sizes) -> dict[str, Stats]:
     for fn, make in variants.values():  # warm up every path (statement caches, pages)
         for _ in range(max(1, sizes.warmup // len(variants))):
             await fn(make())
-    for _ in range(sizes.warm_cache):  # a server that has run a few minutes: its row cache
+    # A server that has run a while: its row cache filled at start (`warm`: the most recently
+    # updated rows, as `clearance serve` does), then a few minutes of checks.
+    bench.risk.warm(bench.reader, bench.now())
+    for _ in range(sizes.warm_cache):
         await bench.with_risk(people())
     bench.risk.cache.hits = bench.risk.cache.misses = 0
+    bench.folds.clear()
     samples: dict[str, list[int]] = {name: [] for name in variants}
     cpu: dict[str, list[int]] = {name: [] for name in variants}
     order = list(variants)
@@ -499,26 +524,16 @@ async def measure(bench: Bench, sizes: Sizes) -> dict[str, Stats]:
     return {name: Stats.of(samples[name], cpu[name]) for name in variants}
 
 
-def measure_alone(bench: Bench, n: int) -> tuple[Stats, Stats]:
-    """`assess` (reader connection) and `record` (in a transaction) alone, per call."""
+def measure_alone(bench: Bench, n: int) -> Stats:
+    """`assess` alone (reader connection, or the rows in memory), per call."""
     reads: list[int] = []
-    writes: list[int] = []
-    conn = bench.db.sync_engine.connect()
-    try:
-        for _ in range(n):
-            request = bench.next_request()
-            now = bench.now()
-            started = time.perf_counter_ns()
-            assessment = bench.risk.assessment(bench.reader, request, now)
-            reads.append(time.perf_counter_ns() - started)
-            with conn.begin():
-                started = time.perf_counter_ns()
-                recorded = bench.risk.record(conn, request, "allow", now, assessment=assessment)
-                writes.append(time.perf_counter_ns() - started)
-            bench.risk.committed(recorded)
-    finally:
-        conn.close()
-    return Stats.of(reads), Stats.of(writes)
+    for _ in range(n):
+        request = bench.next_request()
+        now = bench.now()
+        started = time.perf_counter_ns()
+        bench.risk.assessment(bench.reader, request, now)
+        reads.append(time.perf_counter_ns() - started)
+    return Stats.of(reads)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -549,7 +564,7 @@ def prepare(
 
 async def run_checks(
     db: Database, pop: Population, risk: RiskEngine, sizes: Sizes
-) -> tuple[dict[str, Stats], tuple[Stats, Stats], dict[str, int]]:
+) -> tuple[dict[str, Stats], Stats, dict[str, int], list[tuple[int, int]]]:
     engine = Engine(load_policy(ENTERPRISE))
     bench = Bench(db, pop, risk, engine)
     try:
@@ -557,10 +572,11 @@ async def run_checks(
         cache = risk.cache
         looked = cache.hits + cache.misses
         bench.effects["cache hit %"] = round(100 * cache.hits / looked) if looked else 0
+        folds = list(bench.folds)
         alone = measure_alone(bench, sizes.alone)
     finally:
         await bench.aclose()
-    return results, alone, bench.effects
+    return results, alone, bench.effects, folds
 
 
 def tune_sqlite(db: Database) -> None:
@@ -598,32 +614,43 @@ def run(sizes: Sizes, url: str | None, label: str, *, sqlite_tuning: bool = Fals
             size = Path(str(db.sync_engine.url.database)).stat().st_size
             print(f"  database file: {size / 1e6:.0f} MB")
         try:
-            results, (reads, writes), effects = asyncio.run(run_checks(db, pop, risk, sizes))
+            results, reads, effects, folds = asyncio.run(run_checks(db, pop, risk, sizes))
         finally:
             db.dispose()
     decisions = dict(sorted(effects.items()))
     print(f"  checks per variant: {results['with'].n:,} (after warm-up); decisions {decisions}")
     print(
-        f"  {'variant':<16}{'median µs':>10}{'p99 µs':>10}{'× without':>10}"
-        f"{'CPU µs':>10}{'× without':>10}"
+        f"  {'variant':<16}{'median µs':>10}{'×':>6}{'mean µs':>10}{'×':>6}{'p99 µs':>10}"
+        f"{'CPU µs':>10}{'×':>6}{'CPU mean':>10}{'×':>6}"
     )
     base = results["without"]
     for name, st in results.items():
         print(
-            f"  {name:<16}{st.median_us:>10.1f}{st.p99_us:>10.1f}"
-            f"{st.median_us / base.median_us:>10.2f}{st.cpu_us:>10.1f}"
-            f"{st.cpu_us / base.cpu_us:>10.2f}"
+            f"  {name:<16}{st.median_us:>10.1f}{st.median_us / base.median_us:>6.2f}"
+            f"{st.mean_us:>10.1f}{st.mean_us / base.mean_us:>6.2f}{st.p99_us:>10.1f}"
+            f"{st.cpu_us:>10.1f}{st.cpu_us / base.cpu_us:>6.2f}"
+            f"{st.cpu_mean_us:>10.1f}{st.cpu_mean_us / base.cpu_mean_us:>6.2f}"
         )
+    print("  (× is against `without`; the means carry the folds, the medians hardly any)")
     print(f"  assess alone: median {reads.median_us:.1f} µs, p99 {reads.p99_us:.1f} µs")
-    print(f"  record alone: median {writes.median_us:.1f} µs, p99 {writes.p99_us:.1f} µs")
+    if folds:
+        counted = sum(n for n, _ in folds)
+        spent = sum(ns for _, ns in folds) / 1000
+        print(
+            f"  folds while measuring: {len(folds)}, {counted:,} checks, "
+            f"{spent / len(folds):,.0f} µs each: {spent / max(counted, 1):.1f} µs a check folded"
+        )
     for name in ("with",):
         if name in results:
-            ratio = results[name].median_us / base.median_us
-            cpu_ratio = results[name].cpu_us / base.cpu_us
-            verdict = "meets" if ratio < TARGET_RATIO else "MISSES"
+            st = results[name]
+            ratio = st.median_us / base.median_us
+            mean_ratio = st.mean_us / base.mean_us
+            cpu_ratio = st.cpu_mean_us / base.cpu_mean_us
+            verdict = "meets" if max(ratio, mean_ratio) < TARGET_RATIO else "MISSES"
             print(
-                f"  target: {name} < {TARGET_RATIO:g} × without → {ratio:.2f} × wall, "
-                f"{cpu_ratio:.2f} × CPU ({verdict})"
+                f"  target: {name} < {TARGET_RATIO:g} × without → {ratio:.2f} × median, "
+                f"{mean_ratio:.2f} × mean (folds included), {cpu_ratio:.2f} × mean CPU "
+                f"({verdict})"
             )
     return 0
 

@@ -8,7 +8,9 @@ returning only once they are committed, so no action is ever allowed unaudited.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import functools
 import os
 import secrets
 from collections.abc import Callable, Sequence
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
 from sqlalchemy.exc import IntegrityError
 
 from . import delegation, denials, grants
@@ -30,6 +33,8 @@ from .policy import Decision, Effect, Engine, Policy, PolicyError, Request, load
 from .policy.model import Controls
 from .store.database import Database, open_database
 from .store.reads import read
+
+log = structlog.get_logger("clearance.gateway")
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///.clearance/clearance.db"
 
@@ -92,6 +97,9 @@ class Gateway:
         # Standing grants, remembered denials and overrides (clearance.grants, .denials,
         # .override): looked up only when the policy turns them on.
         self._controls = _ControlSwitches.of(policy)
+        if self.risk is not None:
+            self.risk.journal.chain_id = writer.chain_id
+        self._folding: asyncio.Future[None] | None = None
         self.approvals.in_transaction.append(
             denials.hook(lambda: self._controls.remember_s is not None)
         )
@@ -120,6 +128,14 @@ class Gateway:
         return cls(policy, db, writer, clock=clock, config_paths=paths)
 
     async def aclose(self) -> None:
+        if self._folding is not None:
+            with contextlib.suppress(Exception):
+                await self._folding
+        if self.risk is not None and self.risk.journal.pending:
+            try:  # what a later fold would otherwise read back from the audit entries
+                await self.fold_risk()
+            except Exception as exc:
+                log.warning("risk_fold_failed", error=str(exc))
         await self.writer.aclose()
         await self.db.aclose()
 
@@ -130,6 +146,7 @@ class Gateway:
         risk = self.risk
         if risk is None:
             return None
+        await self.fold_risk()  # prune what is current, and no fold writes a pruned row back
         now = self.clock()
 
         def prune() -> int:
@@ -160,10 +177,14 @@ class Gateway:
         now = self.clock()
         risk = self.risk
         assessment: Any = None
+        journal: list[Any] | None = None
         if risk is not None:
+            if risk.journal.never_folded:
+                await self.fold_risk()  # a crashed predecessor's last checks, before the first
             # Risk signals, from the store's own history: one indexed read, before evaluation.
             assessment = await read(self.db, lambda c: risk.assessment(c, request, now))
             request = dataclasses.replace(request, risk=assessment.risk)
+            journal = risk.journal_entry(assessment)
         decision = self.engine.evaluate(request)
         shown = redact(request.params, decision.redact) if decision.redact else request.params
         phash = params_hash(shown)
@@ -177,9 +198,9 @@ class Gateway:
             effect=decision.effect.value,
             rule_ids=decision.rules,
             policy_version=decision.policy_version,
-            data=_check_data(decision, request, shown, agent, idempotency_key),
+            data=_check_data(decision, request, shown, agent, idempotency_key, journal),
         )
-        recorded: list[Any] = []
+        seqs: list[int] = []  # the check's entry, once numbered: the risk journal's place
         offer: grants.GrantOffer | None = None
         controls: dict[str, Any] | None = None
         switches = self._controls
@@ -207,13 +228,14 @@ class Gateway:
                 controls = {"grant_id": found.id}
             elif isinstance(found, str):
                 stored_override = await self.approvals.get(found)
-                await self.writer.append(
+                released = await self.writer.append(
                     dataclasses.replace(
                         entry,
                         approval_id=found,
                         data={**entry.data, "released_by_override": found},
                     )
                 )
+                self._noted(released.seq, assessment, decision.effect.value, now)
                 return CheckResult(
                     Decision.from_json(stored_override.decision),
                     stored_override,
@@ -226,13 +248,6 @@ class Gateway:
                     data={**entry.data, **controls, "reasons": list(decision.reasons)},
                 )
 
-        def record_risk(tx: WriteTx) -> None:
-            """Keep the risk state in step, in the check's own transaction."""
-            if risk is not None:
-                recorded.append(
-                    risk.record(tx.conn, request, decision.effect.value, now, assessment=assessment)
-                )
-
         if decision.effect is Effect.BLOCK and decision.alert and self.on_alert:
             alert = {
                 "action": request.action,
@@ -243,24 +258,16 @@ class Gateway:
             }
 
             def block(tx: WriteTx) -> None:
-                tx.audit(entry)
+                seqs.append(tx.audit(entry).seq)
                 for hook in self.on_alert:
                     hook(tx, decision.alert, alert, now)
-                record_risk(tx)
 
             await self.writer.run(block)
             result = CheckResult(decision)
         elif decision.effect is not Effect.APPROVE or decision.approval is None:
             # (allowed by a standing grant, or denied as remembered, lands here too)
-            if risk is None:
-                await self.writer.append(entry)  # the hot path: one entry, group-committed
-            else:
-
-                def plain(tx: WriteTx) -> None:
-                    tx.audit(entry)
-                    record_risk(tx)
-
-                await self.writer.run(plain)
+            # The hot path: one entry, group-committed (with the risk journal in it).
+            seqs.append((await self.writer.append(entry)).seq)
             result = CheckResult(decision, controls=controls)
         else:
             approval = workflow.open_approval(
@@ -288,7 +295,7 @@ class Gateway:
             def create(tx: WriteTx) -> StoredApproval:
                 routed = delegation.route(tx.conn, stored, now)  # pick, delegates in force
                 records.insert_approval(tx.conn, routed)
-                tx.audit(_with_approval(entry, approval.id))
+                seqs.append(tx.audit(_with_approval(entry, approval.id)).seq)
                 tx.audit(
                     AuditDraft(
                         kind=Kind.APPROVAL_CREATED,
@@ -311,7 +318,6 @@ class Gateway:
                 )
                 for hook in self.approvals.in_transaction:
                     hook(tx, routed, ("approval.created",), now)
-                record_risk(tx)
                 return routed
 
             try:
@@ -324,11 +330,59 @@ class Gateway:
                         return again
                 raise
             result = CheckResult(decision, stored)
-        if risk is not None and recorded:
-            risk.committed(recorded[0])
+        if seqs:
+            self._noted(seqs[0], assessment, decision.effect.value, now)
         for listener in self.on_check:
             listener(result)
         return result
+
+    def _noted(self, seq: int, assessment: Any, effect: str, now: datetime) -> None:
+        """The check's entry committed as `seq`: count it into the risk view, and fold the
+        unfolded checks into the store when it is time (in the background)."""
+        risk = self.risk
+        if risk is None or assessment is None:
+            return
+        risk.note(seq, assessment, effect, now)
+        if risk.fold_due() and self._folding is None:
+            self._folding = asyncio.ensure_future(self._fold_in_background())
+
+    async def _fold_in_background(self) -> None:
+        try:
+            await self.fold_risk()
+        except Exception as exc:  # the store may be down: the next check tries again
+            log.warning("risk_fold_failed", error=str(exc))
+        finally:
+            self._folding = None
+
+    async def warm_risk(self) -> int | None:
+        """Keep in memory the risk rows most recently updated (up to the cache's size), off
+        the event loop: a restarted server starts with what a running one would hold. How
+        many rows, or None without a `risk:` section."""
+        risk = self.risk
+        if risk is None:
+            return None
+        now = self.clock()
+
+        def warm() -> int:
+            with self.db.connect() as conn:
+                return int(risk.warm(conn, now))
+
+        return await asyncio.to_thread(warm)
+
+    async def fold_risk(self) -> int | None:
+        """Count the checks not yet in the risk rows into them (`clearance.risk.journal`):
+        every chain's, this process's and any other's (a crashed one's included). How many
+        checks were folded, or None when the policy has no `risk:` section."""
+        total = 0
+        while True:
+            risk = self.risk
+            if risk is None:
+                return None
+            result = await self.writer.run(functools.partial(_fold, risk, self.clock()))
+            risk.folded(result)
+            total += int(result.entries)
+            if not result.more:
+                return total
 
     async def _by_idempotency_key(self, key: str, bind: str) -> CheckResult | None:
         found = await read(self.db, lambda c: records.find_id_by_idempotency_key(c, key))
@@ -442,7 +496,11 @@ class Gateway:
             )
             return False, message
         self.engine = Engine(policy)
-        self.risk = risk_engine(policy)
+        old_risk, self.risk = self.risk, risk_engine(policy)
+        if self.risk is not None:
+            self.risk.journal.chain_id = self.writer.chain_id
+            if old_risk is not None:  # its unfolded checks, so that none reads as missing
+                self.risk.journal.adopt(old_risk.journal)
         self._controls = _ControlSwitches.of(policy)
         await self.writer.append(
             AuditDraft(
@@ -479,6 +537,7 @@ def _check_data(
     shown: dict[str, Any],
     agent: str | None,
     idempotency_key: str | None,
+    journal: list[Any] | None = None,
 ) -> dict[str, Any]:
     data: dict[str, Any] = {
         "decision_id": decision.decision_id,
@@ -495,9 +554,15 @@ def _check_data(
         data["alert"] = list(decision.alert)
     if request.risk is not None:
         data["risk"] = {k: request.risk.get(k) for k in ("score", "reasons", "patterns")}
+        if journal is not None:  # the facts the risk signals count: folded from here
+            data["risk"]["f"] = journal
     if idempotency_key:
         data["idempotency_key"] = idempotency_key
     return data
+
+
+def _fold(risk: Any, now: datetime, tx: WriteTx) -> Any:
+    return risk.fold(tx, now)
 
 
 def _risk_reasons(request: Request) -> tuple[str, ...]:

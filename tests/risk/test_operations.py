@@ -64,6 +64,7 @@ async def test_the_gateway_prunes_only_what_expired(policy: Path, db_url: str) -
         assert (await gateway.check(pay("old", "US"))).decision.effect.value == "allow"
         clock.advance(days=31)
         assert (await gateway.check(pay("recent", "FR"))).decision.effect.value == "deny"
+        await gateway.fold_risk()  # the rows are written behind the checks
         before = rows(gateway.db)
         assert before > 0
         pruned = await gateway.prune_risk()
@@ -97,6 +98,7 @@ def test_the_cli_prunes_and_says_how_many(policy: Path, tmp_path: Path) -> None:
         try:
             await gateway.check(pay("old", "US"))
             await gateway.check(pay("other", "DE"))
+            await gateway.fold_risk()  # the rows are written behind the checks
             return rows(gateway.db)
         finally:
             await gateway.aclose()
@@ -138,6 +140,7 @@ async def test_the_server_prunes_in_the_background(
     monkeypatch.setattr(gateway, "prune_risk", counted)
     try:
         await gateway.check(pay("old", "US"))
+        await gateway.fold_risk()  # the rows are written behind the checks
         assert rows(gateway.db) > 0
         gateway.clock.advance(days=400)  # type: ignore[attr-defined]
         metrics = Metrics()
@@ -166,6 +169,7 @@ async def test_pruning_while_checks_are_written(policy: Path, tmp_path: Path) ->
         for i in range(300):
             await gateway.check(pay(f"old-{i}", "US"))
         clock.advance(days=400)
+        await gateway.fold_risk()  # the rows are written behind the checks
         before = rows(gateway.db)
 
         async def checks() -> None:

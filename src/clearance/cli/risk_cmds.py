@@ -65,6 +65,7 @@ def show(
     from ..store.reads import read
 
     async def work(gateway: Gateway) -> list[SubjectRow]:
+        await gateway.fold_risk()  # every process's latest checks, not only what was folded
         return await read(gateway.db, lambda conn: store.subject_rows(conn, subject))
 
     rows = with_gateway(config, database_url, work)

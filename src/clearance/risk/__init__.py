@@ -44,6 +44,7 @@ from sqlalchemy import Connection
 
 from . import store
 from .facts import Facts, RequestLike, facts_of
+from .journal import FoldResult, Journal, facts_json
 from .settings import DEFAULT_WEIGHTS, RiskSettings, RiskSettingsError, load_risk_settings
 from .signals import History, compute, neutral_risk
 
@@ -52,6 +53,7 @@ __all__ = [
     "DEFAULT_WEIGHTS",
     "Assessment",
     "Facts",
+    "FoldResult",
     "History",
     "Recorded",
     "RiskEngine",
@@ -98,9 +100,11 @@ class RiskEngine:
         *,
         time_zones: Mapping[str, str] | None = None,
         cache_rows: int = DEFAULT_CACHE_ROWS,
+        chain_id: str = "main",
     ) -> None:
         self.settings = load_risk_settings(settings)
         self.cache = store.RowCache(cache_rows)
+        self.journal = Journal(self.settings, self.cache, chain_id)
         zones = dict(time_zones or {})
         for name, zone in zones.items():
             try:
@@ -119,11 +123,12 @@ class RiskEngine:
 
     # -- the two halves of a check -------------------------------------------------------------
     def assessment(self, conn: Connection, request: RequestLike, now: datetime) -> Assessment:
-        """Read the request's history (one statement) and compute its `risk` map."""
+        """Read the request's history (one statement, none when its rows are kept in memory)
+        and compute its `risk` map. This process's checks not yet folded are counted in."""
         if not self.settings.enabled:
             return Assessment(neutral_risk())
         facts = facts_of(request, self.settings)
-        history = store.read(conn, facts, self.settings, self.cache)
+        history = self.journal.history(conn, facts)
         return Assessment(
             compute(facts, history, now, self.settings, self.time_zones), facts, history
         )
@@ -162,6 +167,39 @@ class RiskEngine:
             facts, history = facts_of(request, self.settings), None
         written = store.record(conn, facts, str(effect), now, self.settings, history, self.cache)
         return Recorded(written)
+
+    # -- written behind the check (see `journal`) ---------------------------------------------
+    def journal_entry(self, assessment: Assessment | None) -> list[Any] | None:
+        """What the check's audit entry keeps for the fold (`data.risk.f`), or None."""
+        if assessment is None or assessment.facts is None:
+            return None
+        return facts_json(assessment.facts)
+
+    def note(self, seq: int, assessment: Assessment | None, effect: str, now: datetime) -> None:
+        """The check assessed as `assessment` committed as audit entry `seq` of this process's
+        chain, decided `effect`: count it in this process's view until a fold stores it."""
+        if assessment is None or assessment.facts is None or not self.settings.enabled:
+            return
+        keys = assessment.history.keys if assessment.history is not None else None
+        self.journal.note(seq, assessment.facts, str(effect), now.timestamp(), keys)
+
+    def warm(self, conn: Connection, now: datetime) -> int:
+        """Keep in memory the most recently updated rows, up to the cache's size (at start:
+        see `Journal.warm`); how many."""
+        if not self.settings.enabled:
+            return 0
+        return self.journal.warm(conn, now)
+
+    def fold_due(self) -> bool:
+        return self.journal.fold_due()
+
+    def fold(self, tx: Any, now: datetime) -> FoldResult:
+        """Count every chain's unfolded checks into the store (inside a writer unit); pass the
+        result to `folded` once the unit has committed."""
+        return self.journal.fold(tx, now)
+
+    def folded(self, result: FoldResult) -> None:
+        self.journal.folded(result)
 
     def committed(self, recorded: Recorded | None) -> None:
         """The transaction `recorded` was written in has committed: remember its rows."""

@@ -151,23 +151,29 @@ def compute(
                 )
 
     # -- first sightings -----------------------------------------------------------------------
-    retention = settings.retention_days * 86400.0
-    days = _days(settings.retention_days)
-    new_geo = facts.actor is not None and facts.geo is not None
-    new_geo = new_geo and _is_new(history.geo_seen_at, ts, retention)
-    if new_geo:
-        fired.append("new_geo")
-        reasons.append(f"{facts.actor} has not made a request from {facts.geo} in the last {days}")
-    new_device = facts.actor is not None and facts.device is not None
-    new_device = new_device and _is_new(history.device_seen_at, ts, retention)
-    if new_device:
-        fired.append("new_device")
-        reasons.append(f"{facts.actor} is on a device not seen in the last {days} ({facts.device})")
-    new_payee = facts.actor is not None and facts.payee is not None
-    new_payee = new_payee and _is_new(history.payee_seen_at, ts, retention)
-    if new_payee:
-        fired.append("new_payee")
-        reasons.append(f"{facts.actor} has not paid {facts.payee} in the last {days}")
+    new_geo = new_device = new_payee = False
+    if facts.actor is not None:
+        retention = settings.retention_days * 86400.0
+        days = ""
+        if facts.geo is not None and _is_new(history.geo_seen_at, ts, retention):
+            new_geo = True
+            days = _days(settings.retention_days)
+            fired.append("new_geo")
+            reasons.append(
+                f"{facts.actor} has not made a request from {facts.geo} in the last {days}"
+            )
+        if facts.device is not None and _is_new(history.device_seen_at, ts, retention):
+            new_device = True
+            days = days or _days(settings.retention_days)
+            fired.append("new_device")
+            reasons.append(
+                f"{facts.actor} is on a device not seen in the last {days} ({facts.device})"
+            )
+        if facts.payee is not None and _is_new(history.payee_seen_at, ts, retention):
+            new_payee = True
+            days = days or _days(settings.retention_days)
+            fired.append("new_payee")
+            reasons.append(f"{facts.actor} has not paid {facts.payee} in the last {days}")
 
     # -- patterns ------------------------------------------------------------------------------
     patterns: list[str] = []
@@ -249,7 +255,30 @@ def off_hours_reason(now: datetime, settings: RiskSettings) -> str | None:
 
 
 def _off_hours(now: datetime, zone_name: str, settings: RiskSettings) -> str | None:
-    """Why `now` is off hours in `zone_name`, or None when it is within business hours."""
+    """Why `now` is off hours in `zone_name`, or None when it is within business hours.
+
+    Remembered for the second (the answer and its words cannot change within one when the
+    business hours are whole seconds, as they always are from a policy file)."""
+    hours = settings.business_hours
+    if hours.start.microsecond or hours.end.microsecond:
+        return _off_hours_at(now, zone_name, settings)
+    key = (zone_name, hours.start, hours.end, settings.holidays, settings.working_weekdays)
+    second = int(now.timestamp() // 1)
+    found = _OFF_HOURS.get(key)
+    if found is not None and found[0] == second:
+        return found[1]
+    reason = _off_hours_at(now, zone_name, settings)
+    if len(_OFF_HOURS) > 256:
+        _OFF_HOURS.clear()
+    _OFF_HOURS[key] = (second, reason)
+    return reason
+
+
+#: (zone, hours, holidays, weekdays) → (the second last asked about, its answer)
+_OFF_HOURS: dict[tuple[Any, ...], tuple[int, str | None]] = {}
+
+
+def _off_hours_at(now: datetime, zone_name: str, settings: RiskSettings) -> str | None:
     zone = _ZONES.get(zone_name)
     if zone is None:
         zone = _ZONES[zone_name] = settings.zone_for(zone_name)

@@ -55,6 +55,7 @@ from sqlalchemy import (
     delete,
     literal,
     literal_column,
+    null,
     select,
     tuple_,
     union_all,
@@ -69,7 +70,7 @@ from .activity import Activity
 from .facts import Facts, key_part
 from .settings import RiskSettings
 from .signals import History
-from .tables import risk_state
+from .tables import risk_folds, risk_state
 
 __all__ = [
     "KINDS",
@@ -77,15 +78,23 @@ __all__ = [
     "RowCache",
     "StoreKeys",
     "SubjectRow",
+    "decode_value",
     "describe",
+    "encode_value",
     "keys_of",
     "prune",
     "read",
     "record",
+    "select_marked",
+    "select_rows",
     "subject_rows",
+    "updaters",
+    "upsert_rows",
 ]
 
 Key = tuple[str, str, str]
+#: A kept row: (version, value), and for `clearance.risk.journal` the last check counted in.
+Row = tuple[Any, ...]
 #: A compiled statement and, for positional drivers, the order of its parameters.
 _SQL = tuple[str, tuple[str, ...] | None]
 
@@ -199,17 +208,18 @@ class RowCache:
         self.size = max(0, size)
         self.hits = 0  # rows found (for metrics)
         self.misses = 0
-        self._rows: OrderedDict[Key, tuple[int, Any]] = OrderedDict()
+        self._rows: OrderedDict[Key, Row] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._rows)
 
-    def get_many(self, keys: list[Key]) -> dict[Key, tuple[int, Any]]:
-        """The cached rows among `keys` (held rows are not returned)."""
+    def get_many(self, keys: list[Key], *, count: bool = True) -> dict[Key, Row]:
+        """The cached rows among `keys` (held rows are not returned); `count`: in the hit and
+        miss figures."""
         if not self.size:
             return {}
-        found: dict[Key, tuple[int, Any]] = {}
+        found: dict[Key, Row] = {}
         rows = self._rows
         with self._lock:
             for key in keys:
@@ -217,11 +227,12 @@ class RowCache:
                 if row is not None and row is not _HELD:
                     rows.move_to_end(key)
                     found[key] = row
-            self.hits += len(found)
-            self.misses += len(keys) - len(found)
+            if count:
+                self.hits += len(found)
+                self.misses += len(keys) - len(found)
         return found
 
-    def put_many(self, rows: Mapping[Key, tuple[int, Any]], *, read: bool = False) -> None:
+    def put_many(self, rows: Mapping[Key, Row], *, read: bool = False) -> None:
         """Remember committed rows; `read`: they come from a read (a held row stays held)."""
         if not self.size:
             return
@@ -290,10 +301,10 @@ def read(
         if not conn.in_transaction():  # committed rows only: a transaction may roll back
             cache.put_many(fresh, read=True)
         known.update(fresh)
-    return _history(keys, known)
+    return history_of(keys, known)
 
 
-def _history(keys: StoreKeys, rows: dict[Key, tuple[int, Any]]) -> History:
+def history_of(keys: StoreKeys, rows: Mapping[Key, Row]) -> History:
     def get(key: Key | None) -> Any:
         row = rows.get(key) if key is not None else None
         return row[1] if row is not None else None
@@ -322,12 +333,67 @@ def _select(conn: Connection, keys: list[Key]) -> dict[Key, tuple[int, Any]]:
     return found
 
 
+def select_marked(
+    conn: Connection, keys: list[Key], chain_id: str
+) -> tuple[dict[Key, tuple[int, Any]], int]:
+    """The rows at `keys` and how far chain `chain_id` is folded into them (0: not at all),
+    in one statement, so one snapshot: the rows count that chain's checks up to that seq."""
+    sql = _statements(conn.dialect).select_marked(len(keys))
+    values: list[Any] = [part for key in keys for part in key]
+    values.append(chain_id)
+    found: dict[Key, tuple[int, Any]] = {key: (0, None) for key in keys}
+    mark = 0
+    with translate_errors():
+        fetched = _run_flat(conn, sql, values)
+    for kind, subject, item, version, state in fetched:
+        if not kind:
+            mark = int(version)
+        else:
+            found[(kind, subject, item)] = (int(version), _decode(kind, bytes(state)))
+    return found, mark
+
+
+def select_rows(conn: Connection, keys: list[Key], chunk: int = 64) -> dict[Key, tuple[int, Any]]:
+    """The rows at `keys` (any number), `chunk` point lookups a statement."""
+    found: dict[Key, tuple[int, Any]] = {}
+    with translate_errors():
+        for at in range(0, len(keys), chunk):
+            found.update(_select(conn, keys[at : at + chunk]))
+    return found
+
+
+def upsert_rows(
+    conn: Connection, rows: list[tuple[Key, int, bytes, float]], ts: float, chunk: int = 64
+) -> set[Key]:
+    """Write `rows` (key, new version, state, expires at) where each row is still at the
+    version before; the keys written. `chunk` rows a statement."""
+    done: set[Key] = set()
+    with translate_errors():
+        for at in range(0, len(rows), chunk):
+            done |= _upsert(conn, rows[at : at + chunk], ts)
+    return done
+
+
+def decode_value(kind: str, state: bytes) -> Any:
+    """A row's `state` bytes as its value (Activity, a time, a list of times)."""
+    return _decode(kind, state)
+
+
 def _decode(kind: str, state: bytes) -> Any:
     if kind in (ACTOR_ACTION, AGENT_ACTION):
         return Activity.decode(state)
     if kind == AGENT_DENIALS:
         return _times_decode(state)
     return _TIME.unpack(state)[0]  # a time: seen_* and payee_bank
+
+
+def encode_value(kind: str, value: Any) -> bytes:
+    """A row's value as its `state` bytes (the inverse of `_decode`)."""
+    if kind in (ACTOR_ACTION, AGENT_ACTION):
+        return bytes(value.encode())
+    if kind == AGENT_DENIALS:
+        return _times_encode(value)
+    return _time_bytes(value)
 
 
 def _time_bytes(ts: float) -> bytes:
@@ -369,7 +435,7 @@ def record(
         return committed
     keys = history.keys if history is not None and history.keys is not None else keys_of(facts)
     ts = now.timestamp()
-    updates = _updaters(keys, facts, str(effect) in _REFUSED, ts, settings)
+    updates = updaters(keys, facts, str(effect) in _REFUSED, ts, settings)
     written: dict[Key, tuple[int, Any]] = {}
     if not updates:
         return written
@@ -382,11 +448,11 @@ def record(
             rows: list[tuple[Key, int, bytes, float]] = []
             attempt: dict[Key, tuple[int, Any]] = {}
             for key in pending:
-                version, old = known[key]
+                version, old = known[key][:2]
                 change = updates[key](old)
                 if change is not None:
-                    rows.append((key, version + 1, change[0], change[1]))
-                    attempt[key] = (version + 1, change[2])
+                    rows.append((key, version + 1, encode_value(key[0], change[0]), change[1]))
+                    attempt[key] = (version + 1, change[0])
             if not rows:
                 return written
             cache.hold(list(attempt))
@@ -399,11 +465,12 @@ def record(
     raise RiskStoreConflict(f"risk rows kept changing concurrently: {pending[:3]}")
 
 
-#: Old value → (new state, expires at, new value), or None when nothing changes.
-Updater = Callable[[Any], "tuple[bytes, float, Any] | None"]
+#: Old value → (new value, expires at), or None when nothing changes. The old value is
+#: read-only: an updater returns a new one.
+Updater = Callable[[Any], "tuple[Any, float] | None"]
 
 
-def _updaters(
+def updaters(
     keys: StoreKeys, facts: Facts, refused: bool, ts: float, settings: RiskSettings
 ) -> dict[Key, Updater]:
     """For each row this check changes, how it changes."""
@@ -414,25 +481,25 @@ def _updaters(
         keep = settings.anomaly.history_size
         expires = ts + max(retention, _DAY)
 
-        def actor(old: Activity | None) -> tuple[bytes, float, Any]:
+        def actor(old: Activity | None) -> tuple[Any, float]:
             activity = _copy(old)
             activity.add(ts, amount, keep_amounts=keep)
-            return activity.encode(), expires, activity
+            return activity, expires
 
         out[keys.actor] = actor
     if keys.agent is not None:
 
-        def agent(old: Activity | None) -> tuple[bytes, float, Any]:
+        def agent(old: Activity | None) -> tuple[Any, float]:
             activity = _copy(old)
             activity.add(ts, None, keep_amounts=0)
-            return activity.encode(), ts + _DAY, activity
+            return activity, ts + _DAY
 
         out[keys.agent] = agent
 
-    def seen(old: float | None) -> tuple[bytes, float, Any] | None:
+    def seen(old: float | None) -> tuple[Any, float] | None:
         if old is not None and 0.0 <= ts - old < SEEN_REFRESH_S:
             return None
-        return _time_bytes(ts), ts + retention, round(ts, 3)
+        return round(ts, 3), ts + retention
 
     for key in (keys.geo, keys.device, keys.payee):
         if key is not None:
@@ -440,21 +507,21 @@ def _updaters(
     if keys.bank_change is not None:
         bank_expires = ts + settings.patterns.payee_bank_change.days * _DAY
 
-        def bank(old: float | None) -> tuple[bytes, float, Any] | None:
+        def bank(old: float | None) -> tuple[Any, float] | None:
             if old is not None and old >= ts:
                 return None
-            return _time_bytes(ts), bank_expires, round(ts, 3)
+            return round(ts, 3), bank_expires
 
         out[keys.bank_change] = bank
     if keys.denials is not None and refused:
         burst = settings.patterns.denial_burst
         window = burst.minutes * 60.0
 
-        def denials(old: list[float] | None) -> tuple[bytes, float, Any]:
+        def denials(old: list[float] | None) -> tuple[Any, float]:
             recent = [t for t in (old or ()) if ts - t < window]
             recent.append(round(ts, 3))
             recent = recent[-burst.count :]
-            return _times_encode(recent), ts + window, recent
+            return recent, ts + window
 
         out[keys.denials] = denials
     return out
@@ -608,6 +675,7 @@ class _Statements:
         self.dialect = dialect
         self.is_sqlite = dialect.name == "sqlite"
         self._selects: dict[int, _SQL] = {}
+        self._marked: dict[int, _SQL] = {}
         self._upserts: dict[int, _SQL] = {}
         self._hours: dict[float, object] = {}
 
@@ -644,6 +712,33 @@ class _Statements:
             stmt = parts[0] if n == 1 else union_all(*parts)
             names = [f"{p}{i}" for i in range(n) for p in ("k", "s", "i")]
             found = self._selects[n] = self._compile_flat(stmt, names)
+        return found
+
+    def select_marked(self, n: int) -> _SQL:
+        """`select(n)` and, as one more row with an empty kind, chain `c`'s fold mark."""
+        found = self._marked.get(n)
+        if found is None:
+            c = risk_state.c
+            parts: list[Any] = [
+                select(c.kind, c.subject, c.item, c.version, c.state).where(
+                    c.kind == bindparam(f"k{i}"),
+                    c.subject == bindparam(f"s{i}"),
+                    c.item == bindparam(f"i{i}"),
+                )
+                for i in range(n)
+            ]
+            f = risk_folds.c
+            parts.append(
+                select(
+                    literal_column("''").label("kind"),
+                    f.chain_id,
+                    literal_column("''").label("item"),
+                    f.seq,
+                    null().label("state"),
+                ).where(f.chain_id == bindparam("chain"))
+            )
+            names = [f"{p}{i}" for i in range(n) for p in ("k", "s", "i")] + ["chain"]
+            found = self._marked[n] = self._compile_flat(union_all(*parts), names)
         return found
 
     def upsert(self, n: int) -> _SQL:

@@ -28,7 +28,7 @@ from sqlalchemy import BigInteger, Column, LargeBinary, String, Table
 
 from clearance.store.schema import UTCDateTime, metadata
 
-__all__ = ["risk_state"]
+__all__ = ["risk_folds", "risk_state"]
 
 risk_state = Table(
     "risk_state",
@@ -41,4 +41,17 @@ risk_state = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
     Column("expires_at", UTCDateTime(), nullable=False),
     sqlite_with_rowid=False,  # the primary key is the table: one B-tree per write, not two
+)
+
+#: How far each audit chain's checks are counted into `risk_state` (migration 0009): the checks
+#: of chain `chain_id` with `seq` up to this one are in it, the later ones are not yet (see
+#: `clearance.risk.journal`: the check's own audit entry is the journal the rows are folded
+#: from). A chain without a row is counted from its start.
+risk_folds = Table(
+    "risk_folds",
+    metadata,
+    Column("chain_id", String(64), primary_key=True),
+    Column("seq", BigInteger(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    sqlite_with_rowid=False,
 )

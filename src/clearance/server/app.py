@@ -35,6 +35,9 @@ SCHEDULER_MAX_SLEEP_S = 30.0
 #: Risk housekeeping (`_risk_prune_loop`): first a minute after the start, then every 6 hours.
 RISK_PRUNE_FIRST_S = 60.0
 RISK_PRUNE_EVERY_S = 6 * 3600.0
+#: Risk rows are written behind the checks (`clearance.risk.journal`): checks fold them when
+#: due; this loop also folds what other processes (or a crashed one) left, while idle.
+RISK_FOLD_EVERY_S = 2.0
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -111,6 +114,7 @@ def create_app(
         if scheduler:
             tasks.append(asyncio.create_task(_expiry_loop(app)))
             tasks.append(asyncio.create_task(_risk_prune_loop(app)))
+            tasks.append(asyncio.create_task(_risk_fold_loop(app)))
             if hub is not None and hub.channels:
                 tasks.append(asyncio.create_task(hub.dispatcher.run()))
                 tasks.extend(asyncio.create_task(job) for job in hub.background())
@@ -247,6 +251,25 @@ async def _risk_prune_loop(app: FastAPI) -> None:
         except Exception as exc:  # the database may be down for a while: try next time
             log.warning("risk_prune_failed", error=str(exc))
         await asyncio.sleep(RISK_PRUNE_EVERY_S)
+
+
+async def _risk_fold_loop(app: FastAPI) -> None:
+    """Fill the risk row cache from the store (a restart does not start cold), then fold the
+    checks not yet counted into the risk rows every `RISK_FOLD_EVERY_S`: this server's, when
+    no check came to do it, and other processes' (a crashed one's included)."""
+    gateway: Gateway = app.state.gateway
+    try:
+        warmed = await gateway.warm_risk()
+        if warmed is not None:
+            log.info("risk_cache_warmed", rows=warmed)
+    except Exception as exc:  # only a cold cache: reads fill it
+        log.warning("risk_cache_warm_failed", error=str(exc))
+    while True:
+        await asyncio.sleep(RISK_FOLD_EVERY_S)
+        try:
+            await gateway.fold_risk()
+        except Exception as exc:  # the database may be down for a while: try next time
+            log.warning("risk_fold_failed", error=str(exc))
 
 
 async def _expiry_loop(app: FastAPI) -> None:

@@ -37,6 +37,18 @@ class _RiskCache(Collector):
         lookups.add_metric(["hit"], cache.hits)
         lookups.add_metric(["miss"], cache.misses)
         yield lookups
+        journal = risk.journal
+        pending = GaugeMetricFamily(
+            "clearance_risk_unfolded_checks",
+            "Checks of this server counted in memory, not yet folded into the risk rows",
+        )
+        pending.add_metric([], journal.pending)
+        yield pending
+        folded = CounterMetricFamily(
+            "clearance_risk_folded_checks", "Checks folded into the risk rows by this server"
+        )
+        folded.add_metric([], journal.folded_entries)
+        yield folded
 
 
 class Metrics:

@@ -1,0 +1,421 @@
+"""Risk state written behind the check: the check's own audit entry is the journal.
+
+Updating `risk_state` in every check's transaction (`store.record`) cost a check a second
+statement, random B-tree pages and a larger commit: on SQLite more than the check itself. So a
+check writes nothing more than its audit entry, and:
+
+- the entry carries the facts the signals count (`data.risk.f`, `facts_json`): the check and
+  its risk update are durable together, the moment the entry commits;
+- once it has committed, this process counts it into the rows it keeps in memory
+  (`Journal.note`), so its next check sees it at once;
+- every second or so (`Journal.fold_due`) one writer unit (`Journal.fold`) counts the checks
+  of every audit chain since that chain's mark in `risk_folds` into `risk_state`, and moves the
+  marks, in one transaction: each check is counted exactly once, whoever folds it and whatever
+  crashed in between. The checks a crashed process never folded are folded from their audit
+  entries by the next fold of any process. Folds are one at a time: SQLite's write lock (the
+  writer's `BEGIN IMMEDIATE`), a transaction-scoped advisory lock on PostgreSQL.
+- a row read from the store comes with its chain's mark (one statement, one snapshot); this
+  process's checks after the mark are counted in on top (`_pending`). Rows this process keeps
+  (`RowCache`) are current for its own checks; when a fold finds that another process folded
+  since this one last did, it drops them, so other processes' checks show within about a fold
+  interval (a second), where write-through showed them only once this process wrote the row.
+
+Folding coalesces: a row that many checks touched between two folds is written once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Final
+
+from sqlalchemy import Connection, select, text
+
+from clearance.store.errors import translate_errors
+from clearance.store.schema import audit_entries, audit_heads
+
+from .facts import Facts
+from .settings import RiskSettings
+from .signals import History
+from .store import (
+    Key,
+    RiskStoreConflict,
+    RowCache,
+    StoreKeys,
+    Updater,
+    decode_value,
+    encode_value,
+    history_of,
+    keys_of,
+    select_marked,
+    select_rows,
+    updaters,
+    upsert_rows,
+)
+from .tables import risk_folds, risk_state
+
+if TYPE_CHECKING:
+    from clearance.audit.writer import WriteTx
+
+__all__ = ["FoldResult", "Journal", "facts_from_json", "facts_json"]
+
+#: Fold at least this often while this process has unfolded checks (seconds)…
+FOLD_INTERVAL_S: Final = 1.0
+#: … and at once when it has this many.
+FOLD_MAX_PENDING: Final = 5_000
+#: At most this many audit entries a chain per fold (a longer tail takes several folds).
+FOLD_LIMIT: Final = 20_000
+#: PostgreSQL advisory lock key of the fold (any constant shared by every instance).
+_FOLD_LOCK: Final = 0x52534B46  # "RSKF"
+_REFUSED: Final = frozenset({"deny", "block"})
+#: Up to this many entries another process wrote are read by seq, more by their range.
+_FEW: Final = 500
+
+
+def facts_json(facts: Facts) -> list[Any]:
+    """The facts a check's audit entry keeps for the fold (`data.risk.f`): compact, in order
+    user, agent, country, device, payee, amount, bank-change payee; the action is the entry's."""
+    return [
+        facts.user,
+        facts.agent,
+        facts.geo,
+        facts.device,
+        facts.payee,
+        facts.amount,
+        facts.bank_change_payee,
+    ]
+
+
+def facts_from_json(action: str, value: Any) -> Facts | None:
+    """The facts `facts_json` wrote, or None when `value` is not such a list."""
+    if not isinstance(value, list) or len(value) != 7:
+        return None
+    user, agent, geo, device, payee, amount, bank = value
+    texts = (user, agent, geo, device, payee, bank)
+    if not all(v is None or isinstance(v, str) for v in texts):
+        return None
+    if amount is not None and (isinstance(amount, bool) or not isinstance(amount, int | float)):
+        return None
+    return Facts(
+        action=action,
+        actor=user or agent,
+        user=user,
+        agent=agent,
+        geo=geo,
+        device=device,
+        payee=payee,
+        amount=float(amount) if amount is not None else None,
+        bank_change_payee=bank,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FoldResult:
+    """What one fold did (for `Journal.folded`, once its transaction has committed)."""
+
+    marks: Mapping[str, int] = field(default_factory=dict)  # every chain's mark now
+    rows: Mapping[Key, tuple[int, Any]] = field(default_factory=dict)  # rows it wrote
+    entries: int = 0  # checks counted
+    others: bool = False  # another process had folded since this one last did
+    more: bool = False  # some chain has more to fold than this fold took
+
+
+class Journal:
+    """This process's unfolded checks and its view of the rows; see the module docstring.
+
+    `chain_id` is the audit chain this process writes (its own checks are noted against it).
+    Thread-safe: checks are noted on the event loop, folds may run in the writer's thread.
+    """
+
+    def __init__(self, settings: RiskSettings, cache: RowCache, chain_id: str = "main") -> None:
+        self.settings = settings
+        self.cache = cache
+        self.chain_id = chain_id
+        self._lock = threading.RLock()
+        self._pending: dict[Key, list[tuple[int, Updater]]] = {}  # by row, in seq order
+        self._seqs: dict[int, list[tuple[Key, Updater]]] = {}  # the same, by check
+        self._marks: dict[str, int] | None = None  # as this process's last fold left them
+        self._last_fold = time.monotonic()
+        self.folds = 0  # for metrics
+        self.folded_entries = 0
+
+    # -- reading ---------------------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        """Checks of this process not yet folded."""
+        return len(self._seqs)
+
+    @property
+    def never_folded(self) -> bool:
+        return self._marks is None
+
+    def history(self, conn: Connection, facts: Facts) -> History:
+        """The history of this request's subjects: kept rows, or one statement for the rest."""
+        keys = keys_of(facts)
+        wanted = keys.all()
+        if not wanted:
+            return History(keys=keys)
+        known: dict[Key, Any] = self.cache.get_many(wanted)
+        if known and self._pending:
+            with self._lock:  # count in this process's checks noted since the row was kept
+                behind = {
+                    k: self._current(k, row, row[2])
+                    for k, row in known.items()
+                    if k in self._pending and self._pending[k][-1][0] > row[2]
+                }
+                if behind:
+                    self.cache.put_many(behind)
+            known.update(behind)
+        if len(known) < len(wanted):
+            missing = [k for k in wanted if k not in known]
+            fresh, mark = select_marked(conn, missing, self.chain_id)
+            with self._lock:
+                if mark > self._own_mark:
+                    self._forget_through(mark)  # another process folded this one's checks
+                current = {k: self._current(k, row, mark) for k, row in fresh.items()}
+                if not conn.in_transaction():  # committed rows only
+                    self.cache.put_many(current, read=True)
+            known.update(current)
+        return history_of(keys, known)
+
+    @property
+    def _own_mark(self) -> int:
+        return self._marks.get(self.chain_id, 0) if self._marks is not None else 0
+
+    def _forget_through(self, mark: int) -> None:
+        """This process's checks up to `mark` are in the store: stop counting them on top of
+        what is read from it (the rows kept in memory already count them)."""
+        if self._marks is None:
+            self._marks = {}
+        self._marks[self.chain_id] = mark
+        for seq in [s for s in self._seqs if s <= mark]:
+            del self._seqs[seq]
+        pending: dict[Key, list[tuple[int, Updater]]] = {}
+        for seq in sorted(self._seqs):
+            for key, update in self._seqs[seq]:
+                pending.setdefault(key, []).append((seq, update))
+        self._pending = pending
+
+    def _current(self, key: Key, row: tuple[Any, ...], since: int) -> tuple[int, Any, int]:
+        """`row` (version, value, …), which counts this chain's checks up to `since`, with
+        this process's later checks counted in: (version, value, the last check counted)."""
+        version, value = row[0], row[1]
+        for seq, update in self._pending.get(key, ()):
+            if seq > since:
+                changed = update(value)
+                if changed is not None:
+                    value = changed[0]
+                since = seq
+        return version, value, since
+
+    # -- noting a committed check ----------------------------------------------------------
+    def note(
+        self, seq: int, facts: Facts, effect: str, ts: float, keys: StoreKeys | None = None
+    ) -> None:
+        """Count the check whose audit entry `seq` (on this process's chain) has committed:
+        the next read of one of its rows counts it in (the rows kept are caught up lazily)."""
+        ups = updaters(keys or keys_of(facts), facts, effect in _REFUSED, ts, self.settings)
+        if not ups:
+            return
+        items = list(ups.items())
+        with self._lock:
+            if self._marks is not None and seq <= self._marks.get(self.chain_id, 0):
+                return  # a fold already counted it from its audit entry
+            self._seqs[seq] = items
+            pending = self._pending
+            for key, update in items:
+                found = pending.get(key)
+                if found is None:
+                    pending[key] = [(seq, update)]
+                else:
+                    found.append((seq, update))
+
+    def warm(self, conn: Connection, now: datetime, limit: int | None = None) -> int:
+        """Fill the kept rows with the most recently updated unexpired ones (at most the
+        cache's size), as a process that has run a while would hold: a restarted server does
+        not start cold. One statement (a top-N sort, no index needed); how many rows."""
+        n = self.cache.size if limit is None else min(limit, self.cache.size)
+        if n <= 0:
+            return 0
+        c = risk_state.c
+        query = (
+            select(c.kind, c.subject, c.item, c.version, c.state)
+            .where(c.expires_at > now)
+            .order_by(c.updated_at.desc())
+            .limit(n)
+        )
+        f = risk_folds.c
+        # Its own short transaction on an idle connection: none is left open (on SQLite an
+        # open read would hold back every WAL checkpoint).
+        scope = contextlib.nullcontext() if conn.in_transaction() else conn.begin()
+        with translate_errors(), scope:
+            before = {str(k): int(v) for k, v in conn.execute(select(f.chain_id, f.seq))}
+            found = conn.execute(query).all()
+            after = {str(k): int(v) for k, v in conn.execute(select(f.chain_id, f.seq))}
+        if before != after:
+            return 0  # a fold ran meanwhile: the rows and the marks may disagree; stay cold
+        rows = {
+            (str(k), str(s), str(i)): (int(v), decode_value(str(k), bytes(st)))
+            for k, s, i, v, st in reversed(found)  # the most recent ends most recently used
+        }
+        mark = after.get(self.chain_id, 0)
+        with self._lock:
+            current = {k: self._current(k, row, mark) for k, row in rows.items()}
+            self.cache.put_many(current, read=True)
+            if self._marks is None:  # the kept rows are those of these marks
+                self._marks = dict(after)
+        return len(current)
+
+    def fold_due(self, now: float | None = None) -> bool:
+        """Whether this process should fold now (it has checks to fold, and enough time or
+        enough checks have passed)."""
+        n = len(self._seqs)
+        if not n:
+            return False
+        if n >= FOLD_MAX_PENDING:
+            return True
+        return (time.monotonic() if now is None else now) - self._last_fold >= FOLD_INTERVAL_S
+
+    # -- folding ---------------------------------------------------------------------------
+    def fold(self, tx: WriteTx, now: datetime, *, limit: int = FOLD_LIMIT) -> FoldResult:
+        """Count every chain's checks since its mark into `risk_state` (inside a writer unit).
+
+        Pass the result to `folded` once the unit has committed. Raises RiskStoreConflict if
+        a row changed under the fold (only a process that writes through could do that)."""
+        conn = tx.conn
+        with translate_errors():
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _FOLD_LOCK})
+            f, h = risk_folds.c, audit_heads.c
+            marks = {str(c): int(s) for c, s in conn.execute(select(f.chain_id, f.seq))}
+            heads = {str(c): int(s) for c, s in conn.execute(select(h.chain_id, h.seq))}
+        with self._lock:
+            own = dict(self._seqs)
+            known = dict(self._marks) if self._marks is not None else None
+        others = known is None or any(
+            marks.get(c, 0) != known.get(c, 0) for c in set(marks) | set(known)
+        )
+        by_key: dict[Key, list[Updater]] = {}
+        moved: dict[str, int] = {}
+        count = 0
+        more = False
+        for chain, head in sorted(heads.items()):
+            start = marks.get(chain, 0)
+            if head <= start:
+                continue
+            end = min(head, start + limit)
+            more = more or end < head
+            mine = own if chain == self.chain_id else {}
+            for items in self._checks(conn, chain, start, end, mine):
+                count += 1
+                for key, update in items:
+                    by_key.setdefault(key, []).append(update)
+            moved[chain] = end
+        written: dict[Key, tuple[int, Any]] = {}
+        if by_key:
+            ts = now.timestamp()
+            keys = sorted(by_key)
+            stored = select_rows(conn, keys)
+            rows: list[tuple[Key, int, bytes, float]] = []
+            for key in keys:
+                version, value = stored[key]
+                expires: float | None = None
+                for update in by_key[key]:
+                    changed = update(value)
+                    if changed is not None:
+                        value, expires = changed
+                if expires is not None:
+                    rows.append((key, version + 1, encode_value(key[0], value), expires))
+                    version += 1
+                written[key] = (version, value)
+            done = upsert_rows(conn, rows, ts)
+            if len(done) != len(rows):
+                lost = sorted({k for k, *_ in rows} - done)
+                raise RiskStoreConflict(f"risk rows changed under a fold: {lost[:3]}")
+        if moved:
+            self._move_marks(conn, moved, now)
+        return FoldResult({**marks, **moved}, written, count, others, more)
+
+    def _checks(
+        self,
+        conn: Connection,
+        chain: str,
+        start: int,
+        end: int,
+        own: Mapping[int, list[tuple[Key, Updater]]],
+    ) -> list[list[tuple[Key, Updater]]]:
+        """The updates of chain `chain`'s checks in (start, end], in order: this process's own
+        from memory, the others from their audit entries."""
+        a = audit_entries.c
+        in_range = (a.chain_id == chain, a.seq > start, a.seq <= end, a.kind == "check")
+        with translate_errors():
+            seqs: list[int] = []
+            foreign: list[int] = []
+            if own:
+                seqs = [int(s) for (s,) in conn.execute(select(a.seq).where(*in_range))]
+                foreign = [s for s in seqs if s not in own]
+            parsed: dict[int, list[tuple[Key, Updater]]] = {}
+            if foreign or not own:
+                query = select(a.seq, a.ts, a.action, a.effect, a.data).where(*in_range)
+                if own and len(foreign) <= _FEW:  # only the few this process did not note
+                    query = query.where(a.seq.in_(foreign))
+                for seq, when, action, effect, data in conn.execute(query.order_by(a.seq)):
+                    parsed[int(seq)] = self._entry_updates(when, action, effect, data)
+        order = seqs if own else sorted(parsed)
+        out: list[list[tuple[Key, Updater]]] = []
+        for seq in order:
+            items = own.get(seq)
+            if items is None:
+                items = parsed.get(seq, [])
+            out.append(items)
+        return out
+
+    def _entry_updates(
+        self, when: datetime, action: Any, effect: Any, data: Any
+    ) -> list[tuple[Key, Updater]]:
+        """A check's updates from its audit entry (none when it carries no journal)."""
+        risk = data.get("risk") if isinstance(data, dict) else None
+        if not isinstance(risk, dict):
+            return []
+        facts = facts_from_json(str(action or ""), risk.get("f"))
+        if facts is None:
+            return []
+        refused = str(effect) in _REFUSED
+        ups = updaters(keys_of(facts), facts, refused, when.timestamp(), self.settings)
+        return list(ups.items())
+
+    def _move_marks(self, conn: Connection, marks: Mapping[str, int], now: datetime) -> None:
+        f = risk_folds.c
+        with translate_errors():
+            for chain, seq in marks.items():
+                moved = conn.execute(
+                    risk_folds.update().where(f.chain_id == chain).values(seq=seq, updated_at=now)
+                ).rowcount
+                if not moved:
+                    new = risk_folds.insert().values(chain_id=chain, seq=seq, updated_at=now)
+                    conn.execute(new)
+
+    def folded(self, result: FoldResult) -> None:
+        """The fold that returned `result` has committed: forget what it counted."""
+        with self._lock:
+            if result.others:
+                self.cache.clear()  # another process folded: what this one kept may be stale
+            self._marks = dict(result.marks)
+            mark = self._marks.get(self.chain_id, 0)
+            self._forget_through(mark)
+            rows = {k: self._current(k, row, mark) for k, row in result.rows.items()}
+            self.cache.put_many(rows)
+            self._last_fold = time.monotonic()
+            self.folds += 1
+            self.folded_entries += result.entries
+
+    def adopt(self, other: Journal) -> None:
+        """Take over `other`'s unfolded checks (a policy reload replaced its engine)."""
+        with other._lock, self._lock:
+            self._seqs = dict(other._seqs)
+            self._marks = dict(other._marks) if other._marks is not None else None
+            self._forget_through(self._own_mark)

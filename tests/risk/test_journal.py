@@ -1,0 +1,305 @@
+"""Risk rows written behind the check: the audit entry is the journal, a fold stores it once."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from clearance.audit.entry import AuditDraft, Kind
+from clearance.audit.writer import AuditWriter, WriteTx
+from clearance.gateway import Gateway
+from clearance.policy import Request
+from clearance.risk import RiskEngine
+from clearance.risk.journal import facts_from_json
+from clearance.risk.store import RiskStoreConflict
+from clearance.risk.tables import risk_folds, risk_state
+from clearance.store.database import Database
+from clearance.testing import FrozenClock
+
+from .helpers import T0, request
+
+
+def stored(db: Database) -> dict[tuple[str, str, str], int]:
+    """Each risk row's version."""
+    with db.connect() as conn:
+        found = conn.execute(
+            sa.select(
+                risk_state.c.kind, risk_state.c.subject, risk_state.c.item, risk_state.c.version
+            )
+        ).all()
+    return {(r[0], r[1], r[2]): int(r[3]) for r in found}
+
+
+def marks(db: Database) -> dict[str, int]:
+    with db.connect() as conn:
+        return {
+            str(c): int(s)
+            for c, s in conn.execute(sa.select(risk_folds.c.chain_id, risk_folds.c.seq))
+        }
+
+
+class Process:
+    """One gateway process's share of a check, spelled out: an engine and a writer (chain)."""
+
+    def __init__(self, db: Database, chain: str, *, cache_rows: int = 1000) -> None:
+        self.db = db
+        self.engine = RiskEngine(cache_rows=cache_rows, chain_id=chain)
+        self.writer = AuditWriter(db, chain)
+
+    async def check(self, req: Request, at: datetime, effect: str = "allow") -> dict[str, Any]:
+        """Assess, append the entry with its journal, note it: what `Gateway.check` does."""
+        with self.db.connect() as conn:
+            a = self.engine.assessment(conn, req, at)
+        data = {"risk": {"score": a.risk["score"], "f": self.engine.journal_entry(a)}}
+        entry = await self.writer.append(
+            AuditDraft(kind=Kind.CHECK, ts=at, action=req.action, effect=effect, data=data)
+        )
+        self.engine.note(entry.seq, a, effect, at)
+        return a.risk
+
+    async def fold(self, at: datetime) -> int:
+        result = await self.writer.run(lambda tx: self.engine.fold(tx, at))
+        self.engine.folded(result)
+        return int(result.entries)
+
+    def assess(self, req: Request, at: datetime) -> dict[str, Any]:
+        with self.db.connect() as conn:
+            return self.engine.assess(conn, req, at)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+async def test_a_check_counts_at_once_and_is_stored_by_the_fold(database: Database) -> None:
+    """The next check sees a noted check before any fold; the fold stores it; a process with
+    nothing in memory then reads the same counts from the store."""
+    one = Process(database, "one")
+    req = request(amount=20, geo="US", device="d1", payee="p1")
+    try:
+        assert (await one.check(req, at(0)))["velocity_1m"] == 1
+        assert (await one.check(req, at(1)))["velocity_1m"] == 2
+        assert one.assess(req, at(2))["velocity_1m"] == 3
+        assert stored(database) == {}  # written behind: nothing yet
+        assert one.engine.journal.pending == 2
+        assert await one.fold(at(2)) == 2
+        assert one.engine.journal.pending == 0
+        assert marks(database)["one"] == 2
+        assert one.assess(req, at(2))["velocity_1m"] == 3
+    finally:
+        await one.writer.aclose()
+    fresh = Process(database, "fresh")
+    try:
+        r = fresh.assess(req, at(3))
+        assert r["velocity_1m"] == 3 and r["amount_24h"] == 60
+        assert not (r["new_geo"] or r["new_device"] or r["new_payee"])
+    finally:
+        await fresh.writer.aclose()
+
+
+async def test_a_crashed_process_checks_are_folded_once_by_another(database: Database) -> None:
+    """A process that dies before folding loses nothing: its checks are in its audit entries,
+    and the next fold of any process counts them — once, however often it folds."""
+    crashed = Process(database, "crashed")
+    req = request(amount=10, geo="US")
+    try:
+        for i in range(5):
+            await crashed.check(req, at(i))
+    finally:
+        await crashed.writer.aclose()  # and its memory is gone: no fold
+    survivor = Process(database, "survivor")
+    try:
+        assert survivor.assess(req, at(6))["velocity_1m"] == 1  # not folded yet: unseen
+        assert await survivor.fold(at(6)) == 5
+        assert await survivor.fold(at(7)) == 0
+        assert survivor.assess(req, at(8))["velocity_1m"] == 6
+        assert marks(database)["crashed"] == 5
+        assert stored(database)[("actor_action", "carol", "payments.transfer")] == 1
+    finally:
+        await survivor.writer.aclose()
+
+
+async def test_two_processes_folding_in_turn_count_every_check_once(database: Database) -> None:
+    """Two processes check the same person and fold in turn (each folds the other's checks
+    too): every check is counted exactly once, and each sees the other's after a fold."""
+    a, b = Process(database, "a"), Process(database, "b")
+    req = request(amount=1, geo="US")
+    try:
+        n = 0
+        for round_ in range(4):
+            for p in (a, b, a):
+                await p.check(req, at(n))
+                n += 1
+            await (a if round_ % 2 else b).fold(at(n))
+        assert a.assess(req, at(n))["velocity_1m"] >= 12 - 2  # b's unfolded are not seen yet
+        await a.fold(at(n))
+        await b.fold(at(n))
+        assert a.assess(req, at(n))["velocity_1m"] == 13
+        assert b.assess(req, at(n))["velocity_1m"] == 13
+    finally:
+        await a.writer.aclose()
+        await b.writer.aclose()
+    fresh = Process(database, "c")
+    try:
+        assert fresh.assess(req, at(n))["velocity_1m"] == 13
+    finally:
+        await fresh.writer.aclose()
+
+
+async def test_a_fold_that_is_rolled_back_stores_nothing(database: Database) -> None:
+    """A fold whose transaction fails moves no mark and writes no row; the next one does it
+    all, and the checks stay counted in memory in between."""
+    p = Process(database, "p")
+    req = request(amount=5)
+    try:
+        await p.check(req, at(0))
+        await p.check(req, at(1))
+
+        def failing(tx: WriteTx) -> None:
+            p.engine.fold(tx, at(2))
+            raise RuntimeError("the disk is full")
+
+        with pytest.raises(RuntimeError):
+            await p.writer.run(failing)
+        assert stored(database) == {} and "p" not in marks(database)
+        assert p.assess(req, at(2))["velocity_1m"] == 3
+        assert await p.fold(at(2)) == 2
+        assert p.assess(req, at(2))["velocity_1m"] == 3
+    finally:
+        await p.writer.aclose()
+
+
+async def test_a_row_written_through_under_a_fold_fails_it(database: Database) -> None:
+    """A row changed since the fold read it (a process writing through, in between) makes the
+    fold fail whole rather than overwrite a count."""
+    p = Process(database, "p")
+    req = request(amount=5)
+    try:
+        await p.check(req, at(0))
+
+        def racing(tx: WriteTx) -> Any:
+            import clearance.risk.journal as journal
+
+            real = journal.select_rows
+
+            def stale(conn: Any, keys: Any) -> Any:
+                rows = real(conn, keys)
+                RiskEngine().record(conn, req, "allow", at(1))  # writes the same rows
+                return rows
+
+            journal.select_rows = stale
+            try:
+                return p.engine.fold(tx, at(1))
+            finally:
+                journal.select_rows = real
+
+        with pytest.raises(RiskStoreConflict):
+            await p.writer.run(racing)
+        assert "p" not in marks(database)
+    finally:
+        await p.writer.aclose()
+
+
+async def test_malformed_journals_are_skipped_not_fatal(database: Database) -> None:
+    """An entry whose journal is not what a check writes (hand-made, or from elsewhere) counts
+    nothing, and the fold goes on past it."""
+    writer = AuditWriter(database, "odd")
+    for data in (
+        {"risk": {"f": ["carol", None, None, None, None, "lots", None]}},
+        {"risk": {"f": "carol"}},
+        {"risk": "x"},
+        {},
+    ):
+        await writer.append(AuditDraft(kind=Kind.CHECK, ts=T0, action="pay", data=data))
+    await writer.aclose()
+    p = Process(database, "p")
+    try:
+        assert await p.fold(at(0)) == 4
+        assert stored(database) == {} and marks(database)["odd"] == 4
+    finally:
+        await p.writer.aclose()
+
+
+def test_journal_facts_are_read_back_strictly() -> None:
+    """Only a list of seven fields of the right types is a journal."""
+    good = facts_from_json("pay", ["carol", "bot", "US", "d", "p", 12, None])
+    assert good is not None and good.actor == "carol" and good.amount == 12.0
+    assert facts_from_json("pay", [None, "bot", None, None, None, None, None]).actor == "bot"  # type: ignore[union-attr]
+    for bad in (
+        None,
+        [],
+        ["carol"] * 8,
+        ["carol", 1, None, None, None, None, None],
+        ["carol", None, None, None, None, True, None],
+    ):
+        assert facts_from_json("pay", bad) is None
+
+
+POLICY = """
+version: 1
+policies:
+  default: allow
+  rules:
+    - id: busy
+      actions: [pay]
+      when: risk.velocity_1h > 3
+      effect: deny
+risk: {}
+"""
+
+
+async def test_a_restarted_gateway_loses_no_count(tmp_path: Path, db_url: str) -> None:
+    """A gateway that stops without closing (a crash: no fold) and one started after it: the
+    new one folds the old one's checks before its first, so the velocity rule still holds."""
+    policy = tmp_path / "p.yaml"
+    policy.write_text(POLICY)
+    clock = FrozenClock(T0)
+    req = Request("pay", {"amount": 1}, {"user": "dana", "agent": "bot"}, {})
+    first = Gateway.open(policy, database_url=db_url, clock=clock)
+    for _ in range(3):
+        assert (await first.check(req)).decision.effect.value == "allow"
+    assert first.risk is not None and first.risk.journal.pending == 3
+    await first.writer.aclose()  # dies here: nothing folded
+    await first.db.aclose()
+    second = Gateway.open(policy, database_url=db_url, clock=clock)
+    try:
+        assert (await second.check(req)).decision.effect.value == "deny"  # the 4th in an hour
+        assert second.risk is not None and second.risk.journal.folded_entries == 3
+    finally:
+        await second.aclose()
+    third = Gateway.open(policy, database_url=db_url, clock=clock)
+    try:  # the second closed cleanly: it folded its own check on the way out
+        assert (await third.check(req)).decision.effect.value == "deny"
+        assert third.risk is not None and third.risk.journal.folded_entries == 0
+    finally:
+        await third.aclose()
+
+
+async def test_warming_keeps_the_most_recent_rows_with_the_unfolded_checks(
+    database: Database,
+) -> None:
+    """`warm` fills the row cache with the most recently updated rows, up to its size, and
+    counts this process's unfolded checks on top: a warmed read needs no statement and
+    matches what the store and memory say together."""
+    writer = Process(database, "w")
+    try:
+        for i, user in enumerate(("old", "mid", "new")):
+            await writer.check(request(user=user, agent=None, amount=1), at(i * 60))
+        await writer.fold(at(200))
+        await writer.check(request(user="new", agent=None, amount=1), at(201))  # unfolded
+        warmed = RiskEngine(cache_rows=2, chain_id="w")
+        warmed.journal.adopt(writer.engine.journal)  # the same process, after a reload
+        with database.connect() as conn:
+            assert warmed.warm(conn, at(202)) == 2
+        kept = {k[1] for k in warmed.cache._rows}
+        assert kept == {"mid", "new"}  # the two most recently updated
+        misses = warmed.cache.misses
+        with database.connect() as conn:
+            r = warmed.assess(conn, request(user="new", agent=None, amount=1), at(203))
+        assert r["velocity_1h"] == 3 and warmed.cache.misses == misses
+    finally:
+        await writer.writer.aclose()
