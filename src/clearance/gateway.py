@@ -8,7 +8,6 @@ returning only once they are committed, so no action is ever allowed unaudited.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import os
@@ -128,9 +127,10 @@ class Gateway:
         return cls(policy, db, writer, clock=clock, config_paths=paths)
 
     async def aclose(self) -> None:
-        if self._folding is not None:
-            with contextlib.suppress(Exception):
-                await self._folding
+        folding = self._folding
+        running = asyncio.get_running_loop()
+        if folding is not None and not folding.done() and folding.get_loop() is running:
+            await asyncio.wait([folding])  # its own errors are logged, not raised here
         if self.risk is not None and self.risk.journal.pending:
             try:  # what a later fold would otherwise read back from the audit entries
                 await self.fold_risk()
@@ -343,7 +343,7 @@ class Gateway:
         if risk is None or assessment is None:
             return
         risk.note(seq, assessment, effect, now)
-        if risk.fold_due() and self._folding is None:
+        if risk.fold_due() and (self._folding is None or self._folding.done()):
             self._folding = asyncio.ensure_future(self._fold_in_background())
 
     async def _fold_in_background(self) -> None:

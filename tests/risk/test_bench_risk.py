@@ -105,7 +105,7 @@ async def test_every_variant_runs_and_checks_are_decided(tmp_path: Path) -> None
     bench = Bench(db, pop, risk, Engine(load_policy(ENTERPRISE)))
     try:
         results = await measure(bench, TINY)
-        folded = sum(n for n, _ in bench.folds) + await bench.fold(risk)
+        folded = sum(f[0] for f in bench.folds) + await bench.fold(risk)
         assert risk.journal.pending == 0 and bench.uncached.journal.pending > 0
         with db.connect() as conn:  # the second process sees that its checks were folded
             bench.uncached.assessment(conn, bench.next_request(1), bench.now())

@@ -118,16 +118,13 @@ def test_the_cli_prunes_and_says_how_many(policy: Path, tmp_path: Path) -> None:
     assert "no risk: section" in result.output
 
 
-async def test_the_server_prunes_in_the_background(
-    policy: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The server's housekeeping task prunes soon after the start and keeps going after a
-    failed round (the database may be down for a while)."""
-    monkeypatch.setattr(server_app, "RISK_PRUNE_FIRST_S", 0.0)
-    monkeypatch.setattr(server_app, "RISK_PRUNE_EVERY_S", 0.01)
-    gateway = Gateway.open(policy, database_url=db_url, clock=FrozenClock(LONG_AGO))
+def fail_once_then_count(
+    monkeypatch: pytest.MonkeyPatch, gateway: Gateway, name: str
+) -> list[int | None]:
+    """Make `gateway.<name>()` fail its first call (the database is down), then record what
+    each later call returns; the list it returns fills as the calls come (None: failed)."""
     calls: list[int | None] = []
-    real = gateway.prune_risk
+    real = getattr(gateway, name)
 
     async def counted() -> int | None:
         if not calls:
@@ -137,7 +134,19 @@ async def test_the_server_prunes_in_the_background(
         calls.append(found)
         return found
 
-    monkeypatch.setattr(gateway, "prune_risk", counted)
+    monkeypatch.setattr(gateway, name, counted)
+    return calls
+
+
+async def test_the_server_prunes_in_the_background(
+    policy: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's housekeeping task prunes soon after the start and keeps going after a
+    failed round (the database may be down for a while)."""
+    monkeypatch.setattr(server_app, "RISK_PRUNE_FIRST_S", 0.0)
+    monkeypatch.setattr(server_app, "RISK_PRUNE_EVERY_S", 0.01)
+    gateway = Gateway.open(policy, database_url=db_url, clock=FrozenClock(LONG_AGO))
+    calls = fail_once_then_count(monkeypatch, gateway, "prune_risk")
     try:
         await gateway.check(pay("old", "US"))
         await gateway.fold_risk()  # the rows are written behind the checks
@@ -305,6 +314,14 @@ async def test_metrics_show_the_risk_cache(policy: Path, tmp_path: Path) -> None
         assert f"clearance_risk_cache_rows {float(len(cache))}" in text
         assert f'clearance_risk_cache_lookups_total{{result="hit"}} {float(cache.hits)}' in text
         assert f'clearance_risk_cache_lookups_total{{result="miss"}} {float(cache.misses)}' in text
+        assert "clearance_risk_unfolded_checks 2.0" in text  # counted, not yet stored
+        await gateway.fold_risk()
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://test"
+        ) as client:
+            text = (await client.get("/metrics")).text
+        assert "clearance_risk_unfolded_checks 0.0" in text
+        assert "clearance_risk_folded_checks_total 2.0" in text
     finally:
         await gateway.aclose()
     plain = tmp_path / "plain.yaml"
@@ -318,5 +335,52 @@ async def test_metrics_show_the_risk_cache(policy: Path, tmp_path: Path) -> None
             text = (await client.get("/metrics")).text
         assert "clearance_risk_cache" not in text
         assert "clearance_risk_pruned_rows_total 0.0" in text
+    finally:
+        await gateway.aclose()
+
+
+async def test_the_server_folds_in_the_background(
+    policy: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's fold task stores the checks no later check came to fold, and another
+    process's left behind; a failed round does not stop it."""
+    monkeypatch.setattr(server_app, "RISK_FOLD_EVERY_S", 0.01)
+    clock = FrozenClock(LONG_AGO)
+    other = Gateway.open(policy, database_url=db_url, clock=clock, chain_id="other")
+    await other.check(pay("bob", "US"))  # then it stops without folding
+    await other.writer.aclose()
+    await other.db.aclose()
+    gateway = Gateway.open(policy, database_url=db_url, clock=clock)
+    calls = fail_once_then_count(monkeypatch, gateway, "fold_risk")
+    try:
+        state = SimpleNamespace(gateway=gateway, metrics=Metrics())
+        task = asyncio.create_task(server_app._risk_fold_loop(SimpleNamespace(state=state)))  # type: ignore[arg-type]
+        for _ in range(500):
+            if rows(gateway.db) > 0 and len(calls) >= 3:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert calls[0] is None and sum(c or 0 for c in calls) == 1  # bob's check, once
+        assert rows(gateway.db) > 0
+    finally:
+        await gateway.aclose()
+
+
+async def test_a_policy_reload_keeps_the_unfolded_checks(policy: Path, tmp_path: Path) -> None:
+    """A reload replaces the risk engine; the checks the old one had not folded still count."""
+    gateway = Gateway.open(policy, database_url=f"sqlite:///{tmp_path}/r.db")
+    try:
+        for _ in range(3):
+            await gateway.check(pay("carol", "US"))
+        before = gateway.risk
+        ok, _ = await gateway.reload(by="test")
+        assert ok and gateway.risk is not before and gateway.risk.journal.pending == 3
+        result = await gateway.check(pay("carol", "US"))
+        assert result.decision.effect.value == "allow"
+        with gateway.db.connect() as conn:
+            risk = gateway.risk.assess(conn, pay("carol", "US"), gateway.clock())
+        assert risk["velocity_1h"] == 5
     finally:
         await gateway.aclose()

@@ -1,26 +1,28 @@
 """Risk signals: facts about a request computed from the store's own history and the caller's
 context, exposed to policies as `risk.*`, shown to approvers, recorded in the audit entry.
 
-One check, in the gateway::
+One check, in the gateway (`Gateway.check`)::
 
     assessment = risk.assessment(conn, request, now)        # one indexed read (or none)
     request = dataclasses.replace(request, risk=assessment.risk)
     decision = engine.evaluate(request)
-    # … inside the check's write unit (the audit writer's transaction):
-    recorded = risk.record(tx.conn, request, decision.effect, now, assessment=assessment)
-    # … and once that unit has committed (`await writer.run(unit)` returned it):
-    risk.committed(recorded)
+    entry.data["risk"]["f"] = risk.journal_entry(assessment)  # the facts, for the fold
+    committed = await writer.append(entry)                   # nothing else is written
+    risk.note(committed.seq, assessment, decision.effect, now)
+    # … about once a second, one writer unit for every check not yet stored (`journal`):
+    risk.folded(await writer.run(lambda tx: risk.fold(tx, now)))
 
-`assess(conn, request, now)` is the same read and computation returning only the map, and
-`record` without `assessment=` reads again inside the transaction (one statement more). The
-engine keeps the rows it read or wrote in a bounded cache (`store.RowCache`), so a subject
-seen recently costs no read at all; the compare-and-set in `record` keeps that exact in one
-process and self-correcting across several.
+The rows are written behind the check: see `journal` for why, and for what each process sees
+of the others. The engine keeps the rows it read or folded in a bounded cache
+(`store.RowCache`), counting this process's unfolded checks on top, so a subject seen
+recently costs no read at all. `record` (write-through: count one check into the rows in the
+caller's transaction, with a compare-and-set) remains for callers that want the rows current
+at commit; the gateway does not use it.
 
 The modules: `settings` (the `risk:` section), `facts` (what a request says: actor, agent,
 country, device, payee, amount), `activity` (sliding-window counters), `signals` (pure: facts
-+ history + now → the `risk` map and its reasons), `store` (the one read and the one upsert),
-`tables` (the `risk_state` table).
++ history + now → the `risk` map and its reasons), `store` (the reads, the compare-and-set
+upsert), `journal` (written behind: notes, folds), `tables` (`risk_state`, `risk_folds`).
 
 **How a payee's bank-details change is recorded.** Every check is recorded, whatever its
 decision. When the checked action is one of `patterns.payee_bank_change.change_actions`

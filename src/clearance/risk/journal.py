@@ -163,9 +163,9 @@ class Journal:
         if known and self._pending:
             with self._lock:  # count in this process's checks noted since the row was kept
                 behind = {
-                    k: self._current(k, row, row[2])
+                    k: self._current(k, row, _since(row))
                     for k, row in known.items()
-                    if k in self._pending and self._pending[k][-1][0] > row[2]
+                    if k in self._pending and self._pending[k][-1][0] > _since(row)
                 }
                 if behind:
                     self.cache.put_many(behind)
@@ -320,22 +320,28 @@ class Journal:
             ts = now.timestamp()
             keys = sorted(by_key)
             stored = select_rows(conn, keys)
-            rows: list[tuple[Key, int, bytes, float]] = []
-            for key in keys:
-                version, value = stored[key]
-                expires: float | None = None
-                for update in by_key[key]:
-                    changed = update(value)
-                    if changed is not None:
-                        value, expires = changed
-                if expires is not None:
-                    rows.append((key, version + 1, encode_value(key[0], value), expires))
-                    version += 1
-                written[key] = (version, value)
-            done = upsert_rows(conn, rows, ts)
-            if len(done) != len(rows):
-                lost = sorted({k for k, *_ in rows} - done)
-                raise RiskStoreConflict(f"risk rows changed under a fold: {lost[:3]}")
+            for attempt in range(2):
+                rows: list[tuple[Key, int, bytes, float]] = []
+                for key in keys:
+                    version, value = stored[key]
+                    expires: float | None = None
+                    for update in by_key[key]:
+                        changed = update(value)
+                        if changed is not None:
+                            value, expires = changed
+                    if expires is not None:
+                        rows.append((key, version + 1, encode_value(key[0], value), expires))
+                        version += 1
+                    written[key] = (version, value)
+                done = upsert_rows(conn, rows, ts)
+                if len(done) == len(rows):
+                    break
+                # A row changed since it was read (only a process writing through could):
+                # read those again and redo them, once.
+                keys = sorted({k for k, *_ in rows} - done)
+                if attempt:
+                    raise RiskStoreConflict(f"risk rows changed under a fold: {keys[:3]}")
+                stored = select_rows(conn, keys)
         if moved:
             self._move_marks(conn, moved, now)
         return FoldResult({**marks, **moved}, written, count, others, more)
@@ -419,3 +425,8 @@ class Journal:
             self._seqs = dict(other._seqs)
             self._marks = dict(other._marks) if other._marks is not None else None
             self._forget_through(self._own_mark)
+
+
+def _since(row: tuple[Any, ...]) -> int:
+    """The last check of this process a kept row counts (0 for a row kept by `record`)."""
+    return int(row[2]) if len(row) > 2 else 0

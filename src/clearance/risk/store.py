@@ -357,9 +357,23 @@ def select_rows(conn: Connection, keys: list[Key], chunk: int = 64) -> dict[Key,
     """The rows at `keys` (any number), `chunk` point lookups a statement."""
     found: dict[Key, tuple[int, Any]] = {}
     with translate_errors():
-        for at in range(0, len(keys), chunk):
-            found.update(_select(conn, keys[at : at + chunk]))
+        for at, end in _chunks(len(keys), chunk):
+            found.update(_select(conn, keys[at:end]))
     return found
+
+
+def _chunks(n: int, most: int) -> list[tuple[int, int]]:
+    """(start, end) slices of `n` items: `most` at a time, then the rest in powers of two, so
+    that a few statement sizes are compiled, not one per remainder."""
+    out: list[tuple[int, int]] = []
+    at = 0
+    while at < n:
+        size = most
+        while size > n - at:
+            size //= 2
+        out.append((at, at + size))
+        at += size
+    return out
 
 
 def upsert_rows(
@@ -369,8 +383,8 @@ def upsert_rows(
     version before; the keys written. `chunk` rows a statement."""
     done: set[Key] = set()
     with translate_errors():
-        for at in range(0, len(rows), chunk):
-            done |= _upsert(conn, rows[at : at + chunk], ts)
+        for at, end in _chunks(len(rows), chunk):
+            done |= _upsert(conn, rows[at:end], ts)
     return done
 
 
