@@ -31,6 +31,7 @@ from .canonical import binding_hash, params_hash, redact
 from .policy import Decision, Effect, Engine, Policy, PolicyError, Request, load_policy
 from .policy.model import Controls
 from .store.database import Database, open_database
+from .store.errors import StoreUnavailable
 from .store.reads import read
 
 log = structlog.get_logger("clearance.gateway")
@@ -97,7 +98,7 @@ class Gateway:
         # .override): looked up only when the policy turns them on.
         self._controls = _ControlSwitches.of(policy)
         if self.risk is not None:
-            self.risk.journal.chain_id = writer.chain_id
+            self._bind_risk(self.risk)
         self._folding: asyncio.Future[None] | None = None
         self.approvals.in_transaction.append(
             denials.hook(lambda: self._controls.remember_s is not None)
@@ -180,7 +181,15 @@ class Gateway:
         journal: list[Any] | None = None
         if risk is not None:
             if risk.journal.never_folded:
-                await self.fold_risk()  # a crashed predecessor's last checks, before the first
+                # A crashed predecessor's last checks, before this process's first. A store
+                # that is down fails the check (as its audit entry would); any other failure
+                # only leaves those checks uncounted until a later fold, and is logged.
+                try:
+                    await self.fold_risk()
+                except StoreUnavailable:
+                    raise
+                except Exception as exc:
+                    log.warning("risk_fold_failed", error=str(exc))
             # Risk signals, from the store's own history: one indexed read, before evaluation.
             assessment = await read(self.db, lambda c: risk.assessment(c, request, now))
             request = dataclasses.replace(request, risk=assessment.risk)
@@ -335,6 +344,10 @@ class Gateway:
         for listener in self.on_check:
             listener(result)
         return result
+
+    def _bind_risk(self, risk: Any) -> None:
+        """Note this process's checks against its audit chain."""
+        risk.journal.chain_id = self.writer.chain_id
 
     def _noted(self, seq: int, assessment: Any, effect: str, now: datetime) -> None:
         """The check's entry committed as `seq`: count it into the risk view, and fold the
@@ -498,7 +511,7 @@ class Gateway:
         self.engine = Engine(policy)
         old_risk, self.risk = self.risk, risk_engine(policy)
         if self.risk is not None:
-            self.risk.journal.chain_id = self.writer.chain_id
+            self._bind_risk(self.risk)
             if old_risk is not None:  # its unfolded checks, so that none reads as missing
                 self.risk.journal.adopt(old_risk.journal)
         self._controls = _ControlSwitches.of(policy)

@@ -303,3 +303,34 @@ async def test_warming_keeps_the_most_recent_rows_with_the_unfolded_checks(
         assert r["velocity_1h"] == 3 and warmed.cache.misses == misses
     finally:
         await writer.writer.aclose()
+
+
+async def test_a_failing_first_fold_is_logged_and_a_down_store_fails_the_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before its first check a gateway folds what a predecessor left; if that fold fails for
+    any reason but a store that is down, the check is still answered (the fold is tried
+    again on the next check); a store that is down fails the check, closed."""
+    from clearance.store.errors import StoreUnavailable
+
+    policy = tmp_path / "p.yaml"
+    policy.write_text(POLICY)
+    gateway = Gateway.open(policy, database_url=f"sqlite:///{tmp_path}/f.db")
+    failures: list[BaseException] = [RuntimeError("a bug"), StoreUnavailable("down")]
+    real = gateway.fold_risk
+
+    async def fold() -> int | None:
+        if failures:
+            raise failures.pop(0)
+        return await real()
+
+    monkeypatch.setattr(gateway, "fold_risk", fold)
+    req = Request("pay", {"amount": 1}, {"user": "erin"}, {})
+    try:
+        assert (await gateway.check(req)).decision.effect.value == "allow"
+        with pytest.raises(StoreUnavailable):
+            await gateway.check(req)
+        assert (await gateway.check(req)).decision.effect.value == "allow"
+        assert gateway.risk is not None and not gateway.risk.journal.never_folded
+    finally:
+        await gateway.aclose()

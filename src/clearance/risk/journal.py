@@ -42,6 +42,7 @@ from .facts import Facts
 from .settings import RiskSettings
 from .signals import History
 from .store import (
+    ActivityUpdate,
     Key,
     RiskStoreConflict,
     RowCache,
@@ -176,7 +177,7 @@ class Journal:
             with self._lock:
                 if mark > self._own_mark:
                     self._forget_through(mark)  # another process folded this one's checks
-                current = {k: self._current(k, row, mark) for k, row in fresh.items()}
+                current = {k: self._current(k, row, mark, owned=True) for k, row in fresh.items()}
                 if not conn.in_transaction():  # committed rows only
                     self.cache.put_many(current, read=True)
             known.update(current)
@@ -200,15 +201,21 @@ class Journal:
                 pending.setdefault(key, []).append((seq, update))
         self._pending = pending
 
-    def _current(self, key: Key, row: tuple[Any, ...], since: int) -> tuple[int, Any, int]:
+    def _current(
+        self, key: Key, row: tuple[Any, ...], since: int, *, owned: bool = False
+    ) -> tuple[int, Any, int]:
         """`row` (version, value, …), which counts this chain's checks up to `since`, with
-        this process's later checks counted in: (version, value, the last check counted)."""
+        this process's later checks counted in: (version, value, the last check counted).
+
+        `owned`: the value is this call's to change (just read from the store or folded);
+        a kept one is copied before it changes, as a reader may hold it."""
         version, value = row[0], row[1]
         for seq, update in self._pending.get(key, ()):
             if seq > since:
-                changed = update(value)
+                changed = _apply(update, value, owned)
                 if changed is not None:
                     value = changed[0]
+                    owned = True
                 since = seq
         return version, value, since
 
@@ -264,7 +271,7 @@ class Journal:
         }
         mark = after.get(self.chain_id, 0)
         with self._lock:
-            current = {k: self._current(k, row, mark) for k, row in rows.items()}
+            current = {k: self._current(k, row, mark, owned=True) for k, row in rows.items()}
             self.cache.put_many(current, read=True)
             if self._marks is None:  # the kept rows are those of these marks
                 self._marks = dict(after)
@@ -326,7 +333,7 @@ class Journal:
                     version, value = stored[key]
                     expires: float | None = None
                     for update in by_key[key]:
-                        changed = update(value)
+                        changed = _apply(update, value, True)  # read just now: ours to change
                         if changed is not None:
                             value, expires = changed
                     if expires is not None:
@@ -413,7 +420,7 @@ class Journal:
             self._marks = dict(result.marks)
             mark = self._marks.get(self.chain_id, 0)
             self._forget_through(mark)
-            rows = {k: self._current(k, row, mark) for k, row in result.rows.items()}
+            rows = {k: self._current(k, row, mark, owned=True) for k, row in result.rows.items()}
             self.cache.put_many(rows)
             self._last_fold = time.monotonic()
             self.folds += 1
@@ -430,3 +437,11 @@ class Journal:
 def _since(row: tuple[Any, ...]) -> int:
     """The last check of this process a kept row counts (0 for a row kept by `record`)."""
     return int(row[2]) if len(row) > 2 else 0
+
+
+def _apply(update: Updater, value: Any, owned: bool) -> tuple[Any, float] | None:
+    """`update(value)`; in place when `value` is an Activity the caller owns."""
+    if owned and value is not None and isinstance(update, ActivityUpdate):
+        update.apply(value)
+        return value, update.expires
+    return update(value)

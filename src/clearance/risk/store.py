@@ -74,6 +74,7 @@ from .tables import risk_folds, risk_state
 
 __all__ = [
     "KINDS",
+    "ActivityUpdate",
     "RiskStoreConflict",
     "RowCache",
     "StoreKeys",
@@ -493,22 +494,9 @@ def updaters(
     if keys.actor is not None:
         amount = None if refused else facts.amount
         keep = settings.anomaly.history_size
-        expires = ts + max(retention, _DAY)
-
-        def actor(old: Activity | None) -> tuple[Any, float]:
-            activity = _copy(old)
-            activity.add(ts, amount, keep_amounts=keep)
-            return activity, expires
-
-        out[keys.actor] = actor
+        out[keys.actor] = ActivityUpdate(ts, amount, keep, ts + max(retention, _DAY))
     if keys.agent is not None:
-
-        def agent(old: Activity | None) -> tuple[Any, float]:
-            activity = _copy(old)
-            activity.add(ts, None, keep_amounts=0)
-            return activity, ts + _DAY
-
-        out[keys.agent] = agent
+        out[keys.agent] = ActivityUpdate(ts, None, 0, ts + _DAY)
 
     def seen(old: float | None) -> tuple[Any, float] | None:
         if old is not None and 0.0 <= ts - old < SEEN_REFRESH_S:
@@ -539,6 +527,27 @@ def updaters(
 
         out[keys.denials] = denials
     return out
+
+
+class ActivityUpdate:
+    """One request counted into an `Activity` row (an `Updater`): called, it returns a
+    changed copy; `apply` changes an Activity that nobody else holds, in place."""
+
+    __slots__ = ("amount", "expires", "keep", "ts")
+
+    def __init__(self, ts: float, amount: float | None, keep: int, expires: float) -> None:
+        self.ts = ts
+        self.amount = amount
+        self.keep = keep
+        self.expires = expires
+
+    def __call__(self, old: Activity | None) -> tuple[Any, float]:
+        activity = _copy(old)
+        activity.add(self.ts, self.amount, keep_amounts=self.keep)
+        return activity, self.expires
+
+    def apply(self, activity: Activity) -> None:
+        activity.add(self.ts, self.amount, keep_amounts=self.keep)
 
 
 def _copy(old: Activity | None) -> Activity:
