@@ -151,29 +151,19 @@ def compute(
                 )
 
     # -- first sightings -----------------------------------------------------------------------
-    new_geo = new_device = new_payee = False
+    new = {"new_geo": False, "new_device": False, "new_payee": False}
     if facts.actor is not None:
         retention = settings.retention_days * 86400.0
-        days = ""
-        if facts.geo is not None and _is_new(history.geo_seen_at, ts, retention):
-            new_geo = True
-            days = _days(settings.retention_days)
-            fired.append("new_geo")
-            reasons.append(
-                f"{facts.actor} has not made a request from {facts.geo} in the last {days}"
-            )
-        if facts.device is not None and _is_new(history.device_seen_at, ts, retention):
-            new_device = True
-            days = days or _days(settings.retention_days)
-            fired.append("new_device")
-            reasons.append(
-                f"{facts.actor} is on a device not seen in the last {days} ({facts.device})"
-            )
-        if facts.payee is not None and _is_new(history.payee_seen_at, ts, retention):
-            new_payee = True
-            days = days or _days(settings.retention_days)
-            fired.append("new_payee")
-            reasons.append(f"{facts.actor} has not paid {facts.payee} in the last {days}")
+        for name, value, seen_at, words in (
+            ("new_geo", facts.geo, history.geo_seen_at, _NEW_GEO),
+            ("new_device", facts.device, history.device_seen_at, _NEW_DEVICE),
+            ("new_payee", facts.payee, history.payee_seen_at, _NEW_PAYEE),
+        ):
+            if value is not None and _is_new(seen_at, ts, retention):
+                new[name] = True
+                fired.append(name)
+                days = _days(settings.retention_days)
+                reasons.append(f"{facts.actor} " + words.format(value=value, days=days))
 
     # -- patterns ------------------------------------------------------------------------------
     patterns: list[str] = []
@@ -214,9 +204,9 @@ def compute(
         "agent_velocity_24h": agent_velocity[2],
         "amount_24h": round(amount_24h, 6),
         "amount_anomaly": anomaly,
-        "new_geo": new_geo,
-        "new_device": new_device,
-        "new_payee": new_payee,
+        "new_geo": new["new_geo"],
+        "new_device": new["new_device"],
+        "new_payee": new["new_payee"],
         "patterns": patterns,
         "score": int(min(settings.score_cap, round(score))),
         "reasons": reasons,
@@ -306,6 +296,9 @@ _ZONES: dict[str, ZoneInfo] = {}
 
 
 _NONE = WindowTotals()
+_NEW_GEO = "has not made a request from {value} in the last {days}"
+_NEW_DEVICE = "is on a device not seen in the last {days} ({value})"
+_NEW_PAYEE = "has not paid {value} in the last {days}"
 
 
 def _over(counts: tuple[int, int, int], limits: VelocityLimits) -> list[tuple[str, int, int]]:
