@@ -1,7 +1,7 @@
 """The risk signals of one request: pure arithmetic over its facts and a history snapshot.
 
 No I/O and no clock: `now` is passed in, and `History` is what the store read for this
-request (`clearance.risk.store.read`). `compute` returns the `risk` map policies see:
+request (`clearance.risk.journal.Journal.history`). `compute` returns the `risk` map policies see:
 
     off_hours            bool   outside business hours, working days or on a holiday, in the
                                 person's (else the agent's, else the organisation's) time zone

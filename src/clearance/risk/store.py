@@ -1,26 +1,27 @@
-"""The risk signals' incremental state in the store: at most one read and one upsert a check.
+"""The risk signals' incremental state in the store: point reads and compare-and-set upserts.
 
-`read` fetches every row a request's signals need — its actor's and its agent's counters for
-the action, whether its country / device / payee were seen, the payee's last bank change, the
-agent's recent denials — in ONE statement of primary-key point lookups, or none at all when
-`RowCache` (this process's copy of recently used rows) has them all. `record` writes
-what the check changed in ONE multi-row `INSERT … ON CONFLICT DO UPDATE … RETURNING`
-(`sqlalchemy.dialects.sqlite.insert` / `sqlalchemy.dialects.postgresql.insert`). Nothing
-ever scans the history: the rows are summaries (see `clearance.risk.tables`).
+`select_marked` fetches the rows a request's signals need — its actor's and its agent's
+counters for the action, whether its country / device / payee were seen, the payee's last bank
+change, the agent's recent denials — in ONE statement of primary-key point lookups, with the
+fold mark of one audit chain in the same snapshot (`clearance.risk.journal` decides which rows
+it needs: none when this process keeps them all in `RowCache`). `upsert_rows` writes rows in
+multi-row `INSERT … ON CONFLICT DO UPDATE … RETURNING` statements
+(`sqlalchemy.dialects.sqlite.insert` / `sqlalchemy.dialects.postgresql.insert`); the journal's
+fold uses it, and so does `record`, which counts one check into its rows at once (write-through,
+in the caller's transaction; the gateway writes behind instead). Nothing ever scans the history:
+the rows are summaries (see `clearance.risk.tables`).
 
-Concurrency: each row carries a `version`. `record` writes version v+1 only where the row is
+Concurrency: each row carries a `version`. An upsert writes version v+1 only where the row is
 still at the v it read (`… DO UPDATE … WHERE risk_state.version = excluded.version - 1`; a new
 row is written as version 1 and loses to a concurrent insert). A row that someone else
-updated in between is not returned by RETURNING; `record` reads those rows again, inside its
-transaction, and applies its change to the fresh state (a few rounds at most). So a
-`History` read before evaluation, outside the write transaction, is a safe starting point.
+updated in between is not returned by RETURNING; `record` (and a fold) read those rows again,
+inside the transaction, and apply the change to the fresh state.
 
-Both functions take a SQLAlchemy sync `Connection` and talk to its DB-API cursor with
+The functions take a SQLAlchemy sync `Connection` and talk to its DB-API cursor with
 statements compiled once per dialect (SQLAlchemy's per-statement machinery would cost more
-than the database work). `record` belongs inside the check's write transaction (the audit
-writer's unit); outside any transaction it opens and commits its own. `read` may run inside a
-transaction or, on SQLite, on an idle connection (an autocommit read: no snapshot is kept);
-on an idle PostgreSQL connection it runs in a short transaction of its own.
+than the database work). A read may run inside a transaction or, on SQLite, on an idle
+connection (an autocommit read: no snapshot is kept); on an idle PostgreSQL connection it runs
+in a short transaction of its own.
 
 What each row holds (`state`, little-endian binary — a few `frombytes` to read, where JSON
 cost more than the database work on the hot path):
@@ -84,7 +85,6 @@ __all__ = [
     "encode_value",
     "keys_of",
     "prune",
-    "read",
     "record",
     "select_marked",
     "select_rows",
@@ -286,26 +286,9 @@ _NO_CACHE = RowCache(0)
 # Reading
 
 
-def read(
-    conn: Connection, facts: Facts, settings: RiskSettings, cache: RowCache = _NO_CACHE
-) -> History:
-    """The history of this request's subjects: the rows not in `cache`, in one statement."""
-    keys = keys_of(facts)
-    wanted = keys.all()
-    if not wanted:
-        return History(keys=keys)
-    known = cache.get_many(wanted)
-    if len(known) < len(wanted):
-        missing = [k for k in wanted if k not in known]
-        with translate_errors():
-            fresh = _select(conn, missing)
-        if not conn.in_transaction():  # committed rows only: a transaction may roll back
-            cache.put_many(fresh, read=True)
-        known.update(fresh)
-    return history_of(keys, known)
-
-
 def history_of(keys: StoreKeys, rows: Mapping[Key, Row]) -> History:
+    """The `History` of a request with these keys, from its rows (absent ones: None)."""
+
     def get(key: Key | None) -> Any:
         row = rows.get(key) if key is not None else None
         return row[1] if row is not None else None
