@@ -252,9 +252,12 @@ risk: {}
 """
 
 
-async def test_a_restarted_gateway_loses_no_count(tmp_path: Path, db_url: str) -> None:
+async def test_a_restarted_gateway_loses_no_count(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A gateway that stops without closing (a crash: no fold) and one started after it: the
     new one folds the old one's checks before its first, so the velocity rule still holds."""
+    monkeypatch.setattr("clearance.risk.journal.FOLD_INTERVAL_S", 3600.0)  # no fold by time
     policy = tmp_path / "p.yaml"
     policy.write_text(POLICY)
     clock = FrozenClock(T0)
@@ -334,3 +337,24 @@ async def test_a_failing_first_fold_is_logged_and_a_down_store_fails_the_check(
         assert gateway.risk is not None and not gateway.risk.journal.never_folded
     finally:
         await gateway.aclose()
+
+
+async def test_two_folds_of_one_process_at_once_keep_its_rows(database: Database) -> None:
+    """Two folds of the same process in flight together (a background one and `risk show`'s)
+    are not taken for another process's: the rows it keeps stay, and nothing counts twice."""
+    import asyncio
+
+    p = Process(database, "p")
+    req = request(amount=5, geo="US")
+    try:
+        await p.fold(at(0))  # the marks as this process knows them
+        for i in range(3):
+            await p.check(req, at(i))
+        kept = len(p.engine.cache)
+        assert kept > 0
+        counted = await asyncio.gather(p.fold(at(4)), p.fold(at(4)))
+        assert sorted(counted) == [0, 3]
+        assert len(p.engine.cache) >= kept  # not dropped as stale
+        assert p.assess(req, at(5))["velocity_1m"] == 4
+    finally:
+        await p.writer.aclose()

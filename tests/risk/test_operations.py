@@ -295,9 +295,13 @@ async def test_pruning_forgets_only_the_deleted_rows_from_the_cache(
         await gateway.aclose()
 
 
-async def test_metrics_show_the_risk_cache(policy: Path, tmp_path: Path) -> None:
+async def test_metrics_show_the_risk_cache(
+    policy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """/metrics shows how many risk rows are in memory and how often lookups found them
-    there (to size the cache); with no risk section there is nothing about risk."""
+    there (to size the cache), and the checks counted but not yet folded; with no risk
+    section there is nothing about risk."""
+    monkeypatch.setattr("clearance.risk.journal.FOLD_INTERVAL_S", 3600.0)  # no fold by time
     import httpx
 
     gateway = Gateway.open(policy, database_url=f"sqlite:///{tmp_path}/m.db")
@@ -368,8 +372,11 @@ async def test_the_server_folds_in_the_background(
         await gateway.aclose()
 
 
-async def test_a_policy_reload_keeps_the_unfolded_checks(policy: Path, tmp_path: Path) -> None:
+async def test_a_policy_reload_keeps_the_unfolded_checks(
+    policy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A reload replaces the risk engine; the checks the old one had not folded still count."""
+    monkeypatch.setattr("clearance.risk.journal.FOLD_INTERVAL_S", 3600.0)  # no fold by time
     gateway = Gateway.open(policy, database_url=f"sqlite:///{tmp_path}/r.db")
     try:
         for _ in range(3):

@@ -140,6 +140,7 @@ class Journal:
         self._pending: dict[Key, list[tuple[int, Updater]]] = {}  # by row, in seq order
         self._seqs: dict[int, list[tuple[Key, Updater]]] = {}  # the same, by check
         self._marks: dict[str, int] | None = None  # as this process's last fold left them
+        self._unacknowledged: list[dict[str, int]] = []  # marks its folds in flight leave
         self._last_fold = time.monotonic()
         self.folds = 0  # for metrics
         self.folded_entries = 0
@@ -302,10 +303,10 @@ class Journal:
             heads = {str(c): int(s) for c, s in conn.execute(select(h.chain_id, h.seq))}
         with self._lock:
             own = dict(self._seqs)
-            known = dict(self._marks) if self._marks is not None else None
-        others = known is None or any(
-            marks.get(c, 0) != known.get(c, 0) for c in set(marks) | set(known)
-        )
+            # The marks as this process left them: after its last acknowledged fold, or after
+            # one of its own folds that committed and is not acknowledged yet.
+            ours = ([self._marks] if self._marks is not None else []) + self._unacknowledged
+        others = not any(_same_marks(marks, m) for m in ours)
         by_key: dict[Key, list[Updater]] = {}
         moved: dict[str, int] = {}
         count = 0
@@ -351,7 +352,10 @@ class Journal:
                 stored = select_rows(conn, keys)
         if moved:
             self._move_marks(conn, moved, now)
-        return FoldResult({**marks, **moved}, written, count, others, more)
+        result = FoldResult({**marks, **moved}, written, count, others, more)
+        with self._lock:
+            self._unacknowledged.append(dict(result.marks))
+        return result
 
     def _checks(
         self,
@@ -415,6 +419,10 @@ class Journal:
     def folded(self, result: FoldResult) -> None:
         """The fold that returned `result` has committed: forget what it counted."""
         with self._lock:
+            self._unacknowledged.clear()  # earlier ones committed before, or never will
+            self._last_fold = time.monotonic()
+            if self._marks is not None and result.marks.get(self.chain_id, 0) < self._own_mark:
+                return  # a later fold of this process was acknowledged first: nothing to add
             if result.others:
                 self.cache.clear()  # another process folded: what this one kept may be stale
             self._marks = dict(result.marks)
@@ -422,7 +430,6 @@ class Journal:
             self._forget_through(mark)
             rows = {k: self._current(k, row, mark, owned=True) for k, row in result.rows.items()}
             self.cache.put_many(rows)
-            self._last_fold = time.monotonic()
             self.folds += 1
             self.folded_entries += result.entries
 
@@ -445,3 +452,8 @@ def _apply(update: Updater, value: Any, owned: bool) -> tuple[Any, float] | None
         update.apply(value)
         return value, update.expires
     return update(value)
+
+
+def _same_marks(a: Mapping[str, int], b: Mapping[str, int]) -> bool:
+    """Whether two sets of chain marks agree (a chain without a mark is at 0)."""
+    return all(a.get(c, 0) == b.get(c, 0) for c in set(a) | set(b))
