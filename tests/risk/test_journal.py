@@ -358,3 +358,44 @@ async def test_two_folds_of_one_process_at_once_keep_its_rows(database: Database
         assert p.assess(req, at(5))["velocity_1m"] == 4
     finally:
         await p.writer.aclose()
+
+
+async def test_kill_9_of_a_server_loses_no_risk_count(tmp_path: Path) -> None:
+    """A real `clearance serve` answers three checks and is killed with SIGKILL before its
+    background fold; the restarted server still counts them: the fourth in an hour is
+    denied by the velocity rule, and each is counted once."""
+    import httpx
+
+    from ..fixtures import make_keys
+    from ..serverproc import ServerProcess
+
+    policy = tmp_path / "p.yaml"
+    policy.write_text(POLICY)
+    url = f"sqlite:///{tmp_path}/k.db"
+    setup = Gateway.open(policy, database_url=url)
+    keys = make_keys(setup)
+    await setup.aclose()
+    server = ServerProcess(policy, url, tmp_path / "server.log")
+    body = {"action": "pay", "params": {"amount": 1}, "actor": {"user": "dana"}}
+    headers = {"authorization": f"Bearer {keys.agent}"}
+    server.start()
+    try:
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            for _ in range(3):
+                answer = await http.post("/v1/checks", json=body, headers=headers)
+                assert answer.json()["effect"] == "allow", answer.text
+        server.kill()
+        server.start()
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            answer = await http.post("/v1/checks", json=body, headers=headers)
+            assert answer.json()["effect"] == "deny", answer.text
+    finally:
+        server.stop()
+    later = Gateway.open(policy, database_url=url)
+    try:
+        await later.fold_risk()  # whatever the last server left unfolded
+        with later.db.connect() as conn:
+            risk = later.risk.assess(conn, Request("pay", {}, {"user": "dana"}, {}), later.clock())  # type: ignore[union-attr]
+        assert risk["velocity_1h"] == 5  # four checks stored, once each, and this one
+    finally:
+        await later.aclose()

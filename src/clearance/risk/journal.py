@@ -141,6 +141,7 @@ class Journal:
         self._seqs: dict[int, list[tuple[Key, Updater]]] = {}  # the same, by check
         self._marks: dict[str, int] | None = None  # as this process's last fold left them
         self._unacknowledged: list[dict[str, int]] = []  # marks its folds in flight leave
+        self._folded_once = False
         self._last_fold = time.monotonic()
         self.folds = 0  # for metrics
         self.folded_entries = 0
@@ -153,7 +154,9 @@ class Journal:
 
     @property
     def never_folded(self) -> bool:
-        return self._marks is None
+        """Whether no fold of this process has committed yet (warming does not count: what a
+        crashed predecessor left is still to fold)."""
+        return not self._folded_once
 
     def history(self, conn: Connection, facts: Facts) -> History:
         """The history of this request's subjects: kept rows, or one statement for the rest."""
@@ -421,6 +424,7 @@ class Journal:
         with self._lock:
             self._unacknowledged.clear()  # earlier ones committed before, or never will
             self._last_fold = time.monotonic()
+            self._folded_once = True
             if self._marks is not None and result.marks.get(self.chain_id, 0) < self._own_mark:
                 return  # a later fold of this process was acknowledged first: nothing to add
             if result.others:
@@ -438,6 +442,7 @@ class Journal:
         with other._lock, self._lock:
             self._seqs = dict(other._seqs)
             self._marks = dict(other._marks) if other._marks is not None else None
+            self._folded_once = other._folded_once
             self._forget_through(self._own_mark)
 
 
