@@ -181,15 +181,19 @@ class Gateway:
         journal: list[Any] | None = None
         if risk is not None:
             if risk.journal.never_folded:
-                # A crashed predecessor's last checks, before this process's first. A store
-                # that is down fails the check (as its audit entry would); any other failure
-                # only leaves those checks uncounted until a later fold, and is logged.
+                # A crashed predecessor's last checks, before this process's first: until
+                # they are counted the signals would read low, so a failed fold fails the
+                # check closed (the next check tries again).
                 try:
                     await self.fold_risk()
                 except StoreUnavailable:
                     raise
                 except Exception as exc:
                     log.warning("risk_fold_failed", error=str(exc))
+                    raise StoreUnavailable(
+                        "the risk history could not be brought up to date; nothing was "
+                        "allowed: retry"
+                    ) from exc
             # Risk signals, from the store's own history: one indexed read, before evaluation.
             assessment = await read(self.db, lambda c: risk.assessment(c, request, now))
             request = dataclasses.replace(request, risk=assessment.risk)
