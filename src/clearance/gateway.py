@@ -82,7 +82,7 @@ class Gateway:
         new_id: Callable[[], str] = new_approval_id,
     ) -> None:
         self.engine = Engine(policy)
-        self.risk = risk_engine(policy)
+        self.risk = risk_engine(policy, writer.chain_id)
         self.db = db
         self.writer = writer
         self.clock = clock
@@ -97,8 +97,6 @@ class Gateway:
         # Standing grants, remembered denials and overrides (clearance.grants, .denials,
         # .override): looked up only when the policy turns them on.
         self._controls = _ControlSwitches.of(policy)
-        if self.risk is not None:
-            self._bind_risk(self.risk)
         self._folding: asyncio.Future[None] | None = None
         self.approvals.in_transaction.append(
             denials.hook(lambda: self._controls.remember_s is not None)
@@ -349,10 +347,6 @@ class Gateway:
             listener(result)
         return result
 
-    def _bind_risk(self, risk: Any) -> None:
-        """Note this process's checks against its audit chain."""
-        risk.journal.chain_id = self.writer.chain_id
-
     def _noted(self, seq: int, assessment: Any, effect: str, now: datetime) -> None:
         """The check's entry committed as `seq`: count it into the risk view, and fold the
         unfolded checks into the store when it is time (in the background)."""
@@ -395,7 +389,7 @@ class Gateway:
             risk = self.risk
             if risk is None:
                 return None
-            result = await self.writer.run(functools.partial(_fold, risk, self.clock()))
+            result = await self.writer.run(functools.partial(risk.fold, now=self.clock()))
             risk.folded(result)
             total += int(result.entries)
             if not result.more:
@@ -513,11 +507,9 @@ class Gateway:
             )
             return False, message
         self.engine = Engine(policy)
-        old_risk, self.risk = self.risk, risk_engine(policy)
-        if self.risk is not None:
-            self._bind_risk(self.risk)
-            if old_risk is not None:  # its unfolded checks, so that none reads as missing
-                self.risk.journal.adopt(old_risk.journal)
+        old_risk, self.risk = self.risk, risk_engine(policy, self.writer.chain_id)
+        if self.risk is not None and old_risk is not None:
+            self.risk.journal.adopt(old_risk.journal)  # its unfolded checks still count
         self._controls = _ControlSwitches.of(policy)
         await self.writer.append(
             AuditDraft(
@@ -531,15 +523,16 @@ class Gateway:
         return True, policy.version
 
 
-def risk_engine(policy: Policy) -> Any:
+def risk_engine(policy: Policy, chain_id: str = "main") -> Any:
     """The risk signals engine when the policy has a `risk:` section, else None (the risk
-    package, and its per-check read and write, are not loaded at all)."""
+    package, and its per-check read and write, are not loaded at all). `chain_id`: the audit
+    chain this process writes, which its checks are noted against."""
     if "risk" not in policy.settings:
         return None
     from .risk import RiskEngine
 
     zones = {p.id: p.timezone for p in policy.directory.people.values() if p.timezone}
-    return RiskEngine(policy.settings["risk"], time_zones=zones)
+    return RiskEngine(policy.settings["risk"], time_zones=zones, chain_id=chain_id)
 
 
 def database_url_from(policy: Policy) -> str:
@@ -576,10 +569,6 @@ def _check_data(
     if idempotency_key:
         data["idempotency_key"] = idempotency_key
     return data
-
-
-def _fold(risk: Any, now: datetime, tx: WriteTx) -> Any:
-    return risk.fold(tx, now)
 
 
 def _risk_reasons(request: Request) -> tuple[str, ...]:
