@@ -143,8 +143,7 @@ class Journal:
         self._unacknowledged: list[dict[str, int]] = []  # marks its folds in flight leave
         self._folded_once = False
         self._last_fold = time.monotonic()
-        self.folds = 0  # for metrics
-        self.folded_entries = 0
+        self.folded_entries = 0  # for metrics
 
     # -- reading ---------------------------------------------------------------------------
     @property
@@ -259,14 +258,13 @@ class Journal:
             .order_by(c.updated_at.desc())
             .limit(n)
         )
-        f = risk_folds.c
         # Its own short transaction on an idle connection: none is left open (on SQLite an
         # open read would hold back every WAL checkpoint).
         scope = contextlib.nullcontext() if conn.in_transaction() else conn.begin()
         with translate_errors(), scope:
-            before = {str(k): int(v) for k, v in conn.execute(select(f.chain_id, f.seq))}
+            before = _read_marks(conn)
             found = conn.execute(query).all()
-            after = {str(k): int(v) for k, v in conn.execute(select(f.chain_id, f.seq))}
+            after = _read_marks(conn)
         if before != after:
             return 0  # a fold ran meanwhile: the rows and the marks may disagree; stay cold
         rows = {
@@ -281,15 +279,13 @@ class Journal:
                 self._marks = dict(after)
         return len(current)
 
-    def fold_due(self, now: float | None = None) -> bool:
+    def fold_due(self) -> bool:
         """Whether this process should fold now (it has checks to fold, and enough time or
         enough checks have passed)."""
         n = len(self._seqs)
         if not n:
             return False
-        if n >= FOLD_MAX_PENDING:
-            return True
-        return (time.monotonic() if now is None else now) - self._last_fold >= FOLD_INTERVAL_S
+        return n >= FOLD_MAX_PENDING or time.monotonic() - self._last_fold >= FOLD_INTERVAL_S
 
     # -- folding ---------------------------------------------------------------------------
     def fold(self, tx: WriteTx, now: datetime, *, limit: int = FOLD_LIMIT) -> FoldResult:
@@ -301,8 +297,8 @@ class Journal:
         with translate_errors():
             if conn.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _FOLD_LOCK})
-            f, h = risk_folds.c, audit_heads.c
-            marks = {str(c): int(s) for c, s in conn.execute(select(f.chain_id, f.seq))}
+            h = audit_heads.c
+            marks = _read_marks(conn)
             heads = {str(c): int(s) for c, s in conn.execute(select(h.chain_id, h.seq))}
         with self._lock:
             own = dict(self._seqs)
@@ -434,7 +430,6 @@ class Journal:
             self._forget_through(mark)
             rows = {k: self._current(k, row, mark, owned=True) for k, row in result.rows.items()}
             self.cache.put_many(rows)
-            self.folds += 1
             self.folded_entries += result.entries
 
     def adopt(self, other: Journal) -> None:
@@ -444,6 +439,12 @@ class Journal:
             self._marks = dict(other._marks) if other._marks is not None else None
             self._folded_once = other._folded_once
             self._forget_through(self._own_mark)
+
+
+def _read_marks(conn: Connection) -> dict[str, int]:
+    """Every chain's fold mark, by chain."""
+    f = risk_folds.c
+    return {str(c): int(s) for c, s in conn.execute(select(f.chain_id, f.seq))}
 
 
 def _since(row: tuple[Any, ...]) -> int:

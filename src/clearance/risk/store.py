@@ -309,12 +309,7 @@ def history_of(keys: StoreKeys, rows: Mapping[Key, Row]) -> History:
 
 def _select(conn: Connection, keys: list[Key]) -> dict[Key, tuple[int, Any]]:
     """The rows at `keys`; an absent row is (0, None)."""
-    sql = _statements(conn.dialect).select(len(keys))
-    values = [part for key in keys for part in key]  # kind, subject, item of each, in order
-    found: dict[Key, tuple[int, Any]] = {key: (0, None) for key in keys}
-    for kind, subject, item, version, state in _run_flat(conn, sql, values):
-        found[(kind, subject, item)] = (int(version), _decode(kind, bytes(state)))
-    return found
+    return _lookup(conn, keys, None)[0]
 
 
 def select_marked(
@@ -322,18 +317,26 @@ def select_marked(
 ) -> tuple[dict[Key, tuple[int, Any]], int]:
     """The rows at `keys` and how far chain `chain_id` is folded into them (0: not at all),
     in one statement, so one snapshot: the rows count that chain's checks up to that seq."""
-    sql = _statements(conn.dialect).select_marked(len(keys))
-    values: list[Any] = [part for key in keys for part in key]
-    values.append(chain_id)
+    with translate_errors():
+        return _lookup(conn, keys, chain_id)
+
+
+def _lookup(
+    conn: Connection, keys: list[Key], chain_id: str | None
+) -> tuple[dict[Key, tuple[int, Any]], int]:
+    """The rows at `keys` (an absent row is (0, None)) and, with `chain_id`, that chain's
+    fold mark, read in the same statement (as a row with an empty kind)."""
+    sql = _statements(conn.dialect).select(len(keys), marked=chain_id is not None)
+    values: list[Any] = [part for key in keys for part in key]  # kind, subject, item of each
+    if chain_id is not None:
+        values.append(chain_id)
     found: dict[Key, tuple[int, Any]] = {key: (0, None) for key in keys}
     mark = 0
-    with translate_errors():
-        fetched = _run_flat(conn, sql, values)
-    for kind, subject, item, version, state in fetched:
-        if not kind:
-            mark = int(version)
-        else:
+    for kind, subject, item, version, state in _run_flat(conn, sql, values):
+        if kind:
             found[(kind, subject, item)] = (int(version), _decode(kind, bytes(state)))
+        else:
+            mark = int(version)
     return found, mark
 
 
@@ -680,8 +683,7 @@ class _Statements:
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
         self.is_sqlite = dialect.name == "sqlite"
-        self._selects: dict[int, _SQL] = {}
-        self._marked: dict[int, _SQL] = {}
+        self._selects: dict[tuple[int, bool], _SQL] = {}
         self._upserts: dict[int, _SQL] = {}
         self._hours: dict[float, object] = {}
 
@@ -701,29 +703,13 @@ class _Statements:
             return when.isoformat(sep=" ", timespec="microseconds")[:26]
         return when
 
-    def select(self, n: int) -> _SQL:
-        found = self._selects.get(n)
+    def select(self, n: int, *, marked: bool = False) -> _SQL:
+        """`n` point lookups; `marked`: and, as one more row with an empty kind, the fold mark
+        of the chain bound to `chain`."""
+        found = self._selects.get((n, marked))
         if found is None:
             # UNION ALL of point lookups: each one a primary-key search on both databases
             # (SQLite plans an OR of them as a multi-index OR, which costs more).
-            c = risk_state.c
-            parts = [
-                select(c.kind, c.subject, c.item, c.version, c.state).where(
-                    c.kind == bindparam(f"k{i}"),
-                    c.subject == bindparam(f"s{i}"),
-                    c.item == bindparam(f"i{i}"),
-                )
-                for i in range(n)
-            ]
-            stmt = parts[0] if n == 1 else union_all(*parts)
-            names = [f"{p}{i}" for i in range(n) for p in ("k", "s", "i")]
-            found = self._selects[n] = self._compile_flat(stmt, names)
-        return found
-
-    def select_marked(self, n: int) -> _SQL:
-        """`select(n)` and, as one more row with an empty kind, chain `c`'s fold mark."""
-        found = self._marked.get(n)
-        if found is None:
             c = risk_state.c
             parts: list[Any] = [
                 select(c.kind, c.subject, c.item, c.version, c.state).where(
@@ -733,18 +719,23 @@ class _Statements:
                 )
                 for i in range(n)
             ]
-            f = risk_folds.c
-            parts.append(
-                select(
-                    literal_column("''").label("kind"),
-                    f.chain_id,
-                    literal_column("''").label("item"),
-                    f.seq,
-                    null().label("state"),
-                ).where(f.chain_id == bindparam("chain"))
-            )
-            names = [f"{p}{i}" for i in range(n) for p in ("k", "s", "i")] + ["chain"]
-            found = self._marked[n] = self._compile_flat(union_all(*parts), names)
+            names = [f"{p}{i}" for i in range(n) for p in ("k", "s", "i")]
+            if marked:
+                f = risk_folds.c
+                parts.append(
+                    select(
+                        literal_column("''").label("kind"),
+                        f.chain_id,
+                        literal_column("''").label("item"),
+                        f.seq,
+                        null().label("state"),
+                    ).where(f.chain_id == bindparam("chain"))
+                )
+                names.append("chain")
+            stmt: ClauseElement = parts[0]
+            if len(parts) > 1:
+                stmt = union_all(*parts)
+            found = self._selects[(n, marked)] = self._compile_flat(stmt, names)
         return found
 
     def upsert(self, n: int) -> _SQL:
