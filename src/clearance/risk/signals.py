@@ -245,30 +245,7 @@ def off_hours_reason(now: datetime, settings: RiskSettings) -> str | None:
 
 
 def _off_hours(now: datetime, zone_name: str, settings: RiskSettings) -> str | None:
-    """Why `now` is off hours in `zone_name`, or None when it is within business hours.
-
-    Remembered for the second (the answer and its words cannot change within one when the
-    business hours are whole seconds, as they always are from a policy file)."""
-    hours = settings.business_hours
-    if hours.start.microsecond or hours.end.microsecond:
-        return _off_hours_at(now, zone_name, settings)
-    key = (zone_name, hours.start, hours.end, settings.holidays, settings.working_weekdays)
-    second = int(now.timestamp() // 1)
-    found = _OFF_HOURS.get(key)
-    if found is not None and found[0] == second:
-        return found[1]
-    reason = _off_hours_at(now, zone_name, settings)
-    if len(_OFF_HOURS) > 256:
-        _OFF_HOURS.clear()
-    _OFF_HOURS[key] = (second, reason)
-    return reason
-
-
-#: (zone, hours, holidays, weekdays) → (the second last asked about, its answer)
-_OFF_HOURS: dict[tuple[Any, ...], tuple[int, str | None]] = {}
-
-
-def _off_hours_at(now: datetime, zone_name: str, settings: RiskSettings) -> str | None:
+    """Why `now` is off hours in `zone_name`, or None when it is within business hours."""
     zone = _ZONES.get(zone_name)
     if zone is None:
         zone = _ZONES[zone_name] = settings.zone_for(zone_name)
