@@ -401,3 +401,40 @@ async def test_kill_9_of_a_server_loses_no_risk_count(tmp_path: Path) -> None:
         assert risk["velocity_1h"] == 5  # four checks stored, once each, and this one
     finally:
         await later.aclose()
+
+
+async def test_known_people_and_payees_need_no_read_once_kept_whole(database: Database) -> None:
+    """After a fold every payee-bank row is kept, and a person read once is kept whole: their
+    payment to a payee never seen, from a new device, reads nothing from the store, and still
+    finds it new; a bank-details change made meanwhile still matches the pattern."""
+    p = Process(database, "p")
+
+    def change(payee: str) -> Request:
+        return request(
+            "procurement.change_supplier_terms",
+            user="mallory",
+            supplier_id=payee,
+            changes=["bank_details"],
+        )
+
+    try:
+        await p.check(request(amount=10, payee="s1", geo="US", device="d1"), at(0))
+        await p.fold(at(1))  # (a process's first fold keeps nothing it read before)
+        # carol's rows are kept (the fold wrote them); a new device of hers is read, with all
+        # her countries, devices and payees: she is kept whole from then on
+        await p.check(request(amount=10, payee="s1", geo="US", device="d2"), at(2))
+        await p.check(change("s7"), at(3))
+        await p.fold(at(4))
+        cache = p.engine.cache
+        assert cache.covers_kind("payee_bank")
+        misses = cache.misses
+        r = await p.check(request(amount=10, payee="s2", geo="US", device="d9"), at(5))
+        assert r["new_payee"] and r["new_device"] and not r["new_geo"]
+        r = await p.check(request(amount=10, payee="s7", geo="US", device="d9"), at(6))
+        assert r["patterns"] == ["payee_bank_change"] and not r["new_device"]
+        await p.check(change("s8"), at(7))
+        r = await p.check(request(amount=10, payee="s8", geo="US", device="d9"), at(8))
+        assert r["patterns"] == ["payee_bank_change"]  # noted at once, before any fold
+        assert cache.misses == misses  # every row was kept, or known absent
+    finally:
+        await p.writer.aclose()

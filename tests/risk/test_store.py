@@ -405,6 +405,64 @@ def test_the_row_cache_is_a_bounded_lru_that_keeps_the_newest_version() -> None:
     assert len(RowCache(0)) == 0
 
 
+def test_complete_sets_say_absent_until_a_row_of_theirs_is_evicted_or_held() -> None:
+    """A person kept whole answers for their unknown payees (absent, as of the set's mark);
+    evicting one of their rows, or holding one, ends that; sets of a kind are never evicted."""
+    cache = RowCache(3)
+    mine = ("seen_payee", "ann", "s1")
+    other = ("seen_payee", "ann", "s9")
+    cache.cover_subject("ann", 7, {mine: (1, 100.0, 7)})
+    assert cache.get_many([mine, other]) == {mine: (1, 100.0, 7), other: (0, None, 7)}
+    assert cache.get_many([("seen_payee", "bob", "s1")]) == {}  # bob is not kept whole
+    assert cache.get_many([("actor_action", "ann", "pay")]) == {}  # not a kind of the set
+    cache.put_many({("x", str(i), ""): (1, i) for i in range(3)})  # evicts ann's one row
+    assert cache.get_many([other]) == {}
+    cache.cover_subject("ann", 8, {mine: (1, 100.0, 8)})
+    cache.hold([mine])
+    assert cache.get_many([other]) == {}
+
+    bank = ("payee_bank", "s1", "")
+    cache.cover_kind("payee_bank", 9, {bank: (2, 50.0, 9)})
+    cache.put_many({("y", str(i), ""): (1, i) for i in range(10)})  # never evicts the kind
+    assert cache.get_many([bank, ("payee_bank", "s2", "")]) == {
+        bank: (2, 50.0, 9),
+        ("payee_bank", "s2", ""): (0, None, 9),
+    }
+    cache.advance(10, [(bank, "u")], lambda update, value: value + 1)
+    assert cache.get_many([bank])[bank] == (2, 51.0, 10)
+    cache.advance(10, [(bank, "u")], lambda update, value: value + 1)  # counted once
+    assert cache.get_many([bank])[bank] == (2, 51.0, 10)
+    cache.forget([bank])  # deleted: absent now, and the set stays complete
+    assert cache.get_many([bank]) == {bank: (0, None, 9)}
+    cache.cover_kind("payee_bank", 11, {bank: (3, 60.0, 11)})
+    cache.drop_sets()  # the kept rows stay, as ordinary rows
+    assert cache.get_many([bank, ("payee_bank", "s2", "")]) == {bank: (3, 60.0, 11)}
+    cache.cover_kind("payee_bank", 12, {})
+    cache.clear()
+    assert cache.get_many([bank]) == {} and len(cache) == 0
+
+
+def test_a_person_with_too_many_rows_is_read_row_by_row(database: Database) -> None:
+    """Someone who paid more payees than are read at once is never kept whole: each unknown
+    payee of theirs is read, and still known new or not."""
+    from clearance.risk.store import SUBJECT_ROWS_MOST, select_marked
+
+    engine = RiskEngine(chain_id="many")
+    with database.begin() as conn:
+        for i in range(SUBJECT_ROWS_MOST + 1):
+            engine.record(conn, request(user="zed", agent=None, payee=f"p{i}"), "allow", T0)
+    with database.connect() as conn:
+        wanted = [("seen_payee", "zed", "p0")]
+        found, _, whole = select_marked(conn, wanted, "many", "zed")
+        assert whole is None and found[wanted[0]][0] == 1
+        found, _, whole = select_marked(conn, [("seen_payee", "amy", "p0")], "many", "amy")
+        assert whole == {}  # amy has no rows: kept whole, and empty
+        a = engine.assessment(conn, request(user="zed", agent=None, payee="p-new"), T0)
+        assert a.risk["new_payee"] is True
+        a = engine.assessment(conn, request(user="zed", agent=None, payee="p3"), T0)
+        assert a.risk["new_payee"] is False
+
+
 def test_prune_walks_the_table_in_batches(database: Database) -> None:
     """Pruning in batches of one row (each its own transaction) deletes every expired row."""
     engine = RiskEngine()

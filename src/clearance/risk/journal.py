@@ -42,6 +42,8 @@ from .facts import Facts
 from .settings import RiskSettings
 from .signals import History
 from .store import (
+    PAYEE_BANK,
+    SUBJECT_KINDS,
     ActivityUpdate,
     Key,
     RiskStoreConflict,
@@ -52,6 +54,7 @@ from .store import (
     encode_value,
     history_of,
     keys_of,
+    select_kind,
     select_marked,
     select_rows,
     updaters,
@@ -75,6 +78,11 @@ _FOLD_LOCK: Final = 0x52534B46  # "RSKF"
 _REFUSED: Final = frozenset({"deny", "block"})
 #: Up to this many entries another process wrote are read by seq, more by their range.
 _FEW: Final = 500
+#: Every payee-bank row is kept (`RowCache.cover_kind`) while there are at most this many, and
+#: the row cache holds at least four times as many rows…
+KEEP_KIND_MOST: Final = 20_000
+#: … and with more, reading them all is tried again after this long (seconds).
+KEEP_KIND_RETRY_S: Final = 60.0
 
 
 def facts_json(facts: Facts) -> list[Any]:
@@ -123,6 +131,10 @@ class FoldResult:
     entries: int = 0  # checks counted
     others: bool = False  # another process had folded since this one last did
     more: bool = False  # some chain has more to fold than this fold took
+    #: every payee-bank row after the fold, when it read them to keep (None: it did not, or
+    #: there were more than `KEEP_KIND_MOST`); `kind_read`: whether it tried
+    bank_rows: Mapping[Key, tuple[int, Any]] | None = None
+    bank_read: bool = False
 
 
 class Journal:
@@ -143,6 +155,7 @@ class Journal:
         self._unacknowledged: list[dict[str, int]] = []  # marks its folds in flight leave
         self._folded_once = False
         self._last_fold = time.monotonic()
+        self._bank_retry_at = 0.0  # when to try keeping every payee-bank row again
         self.folded_entries = 0  # for metrics
 
     # -- reading ---------------------------------------------------------------------------
@@ -176,13 +189,32 @@ class Journal:
             known.update(behind)
         if len(known) < len(wanted):
             missing = [k for k in wanted if k not in known]
-            fresh, mark = select_marked(conn, missing, self.chain_id)
+            # A person not kept whole yet: read all their rows with the missing ones, so that
+            # their next new country, device or payee needs no read to be known new.
+            actor = keys.actor[1] if keys.actor is not None and self.cache.size else None
+            whole_of = (
+                actor if any(k[1] == actor and k[0] in SUBJECT_KINDS for k in missing) else None
+            )
+            fresh, mark, whole = select_marked(conn, missing, self.chain_id, whole_of)
             with self._lock:
-                if mark > self._own_mark:
-                    self._forget_through(mark)  # another process folded this one's checks
+                if mark > self._own_mark and not any(
+                    m.get(self.chain_id) == mark for m in self._unacknowledged
+                ):
+                    # Another process folded this one's checks: stop counting them on top of
+                    # what is read. A row a complete set says is absent may be among what
+                    # they created, so the sets go too (the rows kept count them already).
+                    # (After this process's own fold, not yet acknowledged, `folded` does it.)
+                    self.cache.drop_sets()
+                    self._forget_through(mark)
                 current = {k: self._current(k, row, mark, owned=True) for k, row in fresh.items()}
                 if not conn.in_transaction():  # committed rows only
                     self.cache.put_many(current, read=True)
+                    if whole is not None and whole_of is not None:
+                        rows = {
+                            k: current.get(k) or self._current(k, row, mark, owned=True)
+                            for k, row in whole.items()
+                        }
+                        self.cache.cover_subject(whole_of, mark, rows)
             known.update(current)
         return history_of(keys, known)
 
@@ -243,6 +275,10 @@ class Journal:
                     pending[key] = [(seq, update)]
                 else:
                     found.append((seq, update))
+            # The rows kept are counted on at once, in place (they are this journal's: kept
+            # values are read only on the event loop, each read used before the next await),
+            # so the next check's read finds them current.
+            self.cache.advance(seq, items, _counted)
 
     def warm(self, conn: Connection, now: datetime, limit: int | None = None) -> int:
         """Fill the kept rows with the most recently updated unexpired ones (at most the
@@ -261,9 +297,11 @@ class Journal:
         # Its own short transaction on an idle connection: none is left open (on SQLite an
         # open read would hold back every WAL checkpoint).
         scope = contextlib.nullcontext() if conn.in_transaction() else conn.begin()
+        bank_read = self._bank_wanted(False)
         with translate_errors(), scope:
             before = _read_marks(conn)
             found = conn.execute(query).all()
+            bank = select_kind(conn, PAYEE_BANK, self._bank_most) if bank_read else None
             after = _read_marks(conn)
         if before != after:
             return 0  # a fold ran meanwhile: the rows and the marks may disagree; stay cold
@@ -275,6 +313,8 @@ class Journal:
         with self._lock:
             current = {k: self._current(k, row, mark, owned=True) for k, row in rows.items()}
             self.cache.put_many(current, read=True)
+            if bank_read:
+                self._keep_bank(bank, mark)
             if self._marks is None:  # the kept rows are those of these marks
                 self._marks = dict(after)
         return len(current)
@@ -351,10 +391,33 @@ class Journal:
                 stored = select_rows(conn, keys)
         if moved:
             self._move_marks(conn, moved, now)
-        result = FoldResult({**marks, **moved}, written, count, others, more)
+        bank_read = self._bank_wanted(others)
+        bank_rows = select_kind(conn, PAYEE_BANK, self._bank_most) if bank_read else None
+        result = FoldResult({**marks, **moved}, written, count, others, more, bank_rows, bank_read)
         with self._lock:
             self._unacknowledged.append(dict(result.marks))
         return result
+
+    @property
+    def _bank_most(self) -> int:
+        return min(KEEP_KIND_MOST, self.cache.size // 4)
+
+    def _bank_wanted(self, others: bool) -> bool:
+        """Whether a fold should read every payee-bank row to keep: they are not all kept (or
+        will not be, once another process's fold makes this one drop what it keeps), and the
+        last try did not find too many."""
+        if self._bank_most <= 0 or time.monotonic() < self._bank_retry_at:
+            return False
+        return others or not self.cache.covers_kind(PAYEE_BANK)
+
+    def _keep_bank(self, rows: Mapping[Key, tuple[int, Any]] | None, mark: int) -> None:
+        """Keep every payee-bank row (`rows`, read at this chain's fold `mark`), with this
+        process's later checks counted in; None: there were too many, try again later."""
+        if rows is None:
+            self._bank_retry_at = time.monotonic() + KEEP_KIND_RETRY_S
+            return
+        current = {k: self._current(k, row, mark, owned=True) for k, row in rows.items()}
+        self.cache.cover_kind(PAYEE_BANK, mark, current)
 
     def _checks(
         self,
@@ -418,6 +481,11 @@ class Journal:
     def folded(self, result: FoldResult) -> None:
         """The fold that returned `result` has committed: forget what it counted."""
         with self._lock:
+            if len(self._unacknowledged) > 1:
+                # Another fold of this process is in flight: this one stops counting its
+                # checks on top before that one's rows are kept, and a row they created could
+                # look absent to a complete set meanwhile; so the sets go (rows kept stay).
+                self.cache.drop_sets()
             self._unacknowledged.clear()  # earlier ones committed before, or never will
             self._last_fold = time.monotonic()
             self._folded_once = True
@@ -430,6 +498,8 @@ class Journal:
             self._forget_through(mark)
             rows = {k: self._current(k, row, mark, owned=True) for k, row in result.rows.items()}
             self.cache.put_many(rows)
+            if result.bank_read:
+                self._keep_bank(result.bank_rows, mark)
             self.folded_entries += result.entries
 
     def adopt(self, other: Journal) -> None:
@@ -458,6 +528,12 @@ def _apply(update: Updater, value: Any, owned: bool) -> tuple[Any, float] | None
         update.apply(value)
         return value, update.expires
     return update(value)
+
+
+def _counted(update: Updater, value: Any) -> Any:
+    """A kept row's value with one more check counted (changed in place when it can be)."""
+    changed = _apply(update, value, True)
+    return value if changed is None else changed[0]
 
 
 def _same_marks(a: Mapping[str, int], b: Mapping[str, int]) -> bool:

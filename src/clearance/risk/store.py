@@ -106,6 +106,11 @@ SEEN_DEVICE: Final = "seen_device"
 SEEN_PAYEE: Final = "seen_payee"
 PAYEE_BANK: Final = "payee_bank"
 AGENT_DENIALS: Final = "agent_denials"
+#: The kinds with a partial index of their own (migration 0010), so all their rows can be read.
+INDEXED_KINDS: Final = frozenset({PAYEE_BANK})
+#: Where a person was seen from, on what and whom they paid: `RowCache.cover_subject` keeps
+#: all of a person's rows of these kinds, or says nothing. (Each is one time: cheap to read.)
+SUBJECT_KINDS: Final = frozenset({SEEN_GEO, SEEN_DEVICE, SEEN_PAYEE})
 KINDS: Final = (
     ACTOR_ACTION,
     AGENT_ACTION,
@@ -196,13 +201,22 @@ class RowCache:
       and not cached, so a rollback never leaves a phantom count behind, and a caller that
       never reports the commit only loses the saved reads.
     - Of two versions of a row the higher is kept.
+    - A row known to be absent is kept as version 0.
+    - *Complete sets*: what it holds can also say that a row is absent without naming it.
+      `cover_subject(subject, …)` says it holds every row of `SUBJECT_KINDS` of that subject
+      (a person's counters, countries, devices and payees): any other such row of theirs is
+      absent. `cover_kind(kind, …)` holds every row of a kind (the few payees whose bank
+      details changed), outside the least-recently-used order, so that none is evicted: any
+      other row of that kind is absent. An absent row found this way is (0, None, since),
+      `since` being the fold mark of the read that made the set complete. Evicting a row of
+      a complete subject, or holding one of a complete set, ends that set.
 
     An entry can only be stale when another process or instance changed the row; then
     `record`'s compare-and-set fails and reads it again. So in one process (embedded SQLite)
     the cache is exact, and across instances a subject's counts lag by at most the requests
-    other instances handled since this one last recorded it. A row known to be absent is
-    cached as version 0. Thread-safe (reads on the event loop, records and commits on the
-    writer's thread).
+    other instances handled since this one last recorded it (the journal drops everything kept
+    when it finds that another process has folded). Thread-safe (reads on the event loop,
+    records and commits on the writer's thread).
     """
 
     def __init__(self, size: int) -> None:
@@ -210,24 +224,40 @@ class RowCache:
         self.hits = 0  # rows found (for metrics)
         self.misses = 0
         self._rows: OrderedDict[Key, Row] = OrderedDict()
+        self._kinds: dict[str, tuple[int, dict[Key, Row]]] = {}  # kind → (since, every row)
+        self._subjects: dict[str, int] = {}  # subject → since: every SUBJECT_KINDS row kept
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self._rows) + sum(len(rows) for _, rows in self._kinds.values())
 
     def get_many(self, keys: list[Key], *, count: bool = True) -> dict[Key, Row]:
-        """The cached rows among `keys` (held rows are not returned); `count`: in the hit and
-        miss figures."""
+        """The cached rows among `keys`, and the rows a complete set says are absent (held
+        rows are not returned); `count`: in the hit and miss figures."""
         if not self.size:
             return {}
         found: dict[Key, Row] = {}
         rows = self._rows
+        kinds = self._kinds
+        subjects = self._subjects
         with self._lock:
             for key in keys:
+                kind = key[0]
+                if kinds:
+                    pinned = kinds.get(kind)
+                    if pinned is not None:
+                        row = pinned[1].get(key)
+                        found[key] = row if row is not None else (0, None, pinned[0])
+                        continue
                 row = rows.get(key)
-                if row is not None and row is not _HELD:
-                    rows.move_to_end(key)
-                    found[key] = row
+                if row is not None:
+                    if row is not _HELD:
+                        rows.move_to_end(key)
+                        found[key] = row
+                elif kind in SUBJECT_KINDS:
+                    since = subjects.get(key[1])
+                    if since is not None:
+                        found[key] = (0, None, since)
             if count:
                 self.hits += len(found)
                 self.misses += len(keys) - len(found)
@@ -239,7 +269,14 @@ class RowCache:
             return
         with self._lock:
             cached = self._rows
+            kinds = self._kinds
             for key, row in rows.items():
+                pinned = kinds.get(key[0]) if kinds else None
+                if pinned is not None:
+                    old = pinned[1].get(key)
+                    if old is None or old[0] <= row[0]:
+                        pinned[1][key] = row
+                    continue
                 old = cached.get(key)
                 if old is _HELD:
                     if read:
@@ -250,12 +287,64 @@ class RowCache:
                 cached.move_to_end(key)
             self._trim()
 
+    def advance(
+        self, seq: int, items: list[tuple[Key, Any]], apply: Callable[[Any, Any], Any]
+    ) -> None:
+        """Count check `seq` into the kept journal rows it touches, at once: for each
+        (key, update) whose row is kept as (version, value, last check counted) and has not
+        counted `seq`, `apply(update, value)` gives the value with it (the same object when
+        changed in place). Rows kept otherwise, and rows not kept, are left alone (a read
+        catches those up); the recency order does not change."""
+        if not self.size:
+            return
+        with self._lock:
+            rows = self._rows
+            kinds = self._kinds
+            for key, update in items:
+                where: dict[Key, Row] = rows
+                if kinds:
+                    pinned = kinds.get(key[0])
+                    if pinned is not None:
+                        where = pinned[1]
+                row = where.get(key)
+                if row is None or len(row) != 3 or row[2] >= seq:
+                    continue
+                where[key] = (row[0], apply(update, row[1]), seq)
+
+    def cover_subject(self, subject: str, since: int, rows: Mapping[Key, Row]) -> None:
+        """`rows` are every `SUBJECT_KINDS` row of `subject` as of fold mark `since`: keep
+        them, and know that the subject has no others."""
+        if not self.size:
+            return
+        with self._lock:
+            if any(self._rows.get(k) is _HELD for k in rows):
+                return
+            self._subjects[subject] = since
+        self.put_many(rows, read=True)
+
+    def cover_kind(self, kind: str, since: int, rows: Mapping[Key, Row]) -> None:
+        """`rows` are every row of `kind` as of fold mark `since`: keep them all (outside the
+        least-recently-used order, where they shadow any copy), and know that there are no
+        others."""
+        if not self.size:
+            return
+        with self._lock:
+            if any(self._rows.get(k) is _HELD for k in rows):
+                return
+            self._kinds[kind] = (since, dict(rows))
+
+    def covers_kind(self, kind: str) -> bool:
+        return kind in self._kinds
+
     def hold(self, keys: list[Key]) -> None:
         """These rows are being written: read them from the store until `put_many`."""
         if not self.size:
             return
         with self._lock:
             for key in keys:
+                if key[0] in self._kinds:
+                    self._unpin(key[0])
+                self._subjects.pop(key[1], None)
                 self._rows[key] = _HELD
                 self._rows.move_to_end(key)
             self._trim()
@@ -263,19 +352,45 @@ class RowCache:
     def clear(self) -> None:
         with self._lock:
             self._rows.clear()
+            self._kinds.clear()
+            self._subjects.clear()
+
+    def drop_sets(self) -> None:
+        """Know no set complete any more (the rows stay kept)."""
+        with self._lock:
+            for kind in list(self._kinds):
+                self._unpin(kind)
+            self._subjects.clear()
+            self._trim()
 
     def forget(self, keys: list[Key]) -> None:
-        """Drop these rows (deleted from the store); a row being written stays held."""
+        """Drop these rows (deleted from the store: absent, so complete sets stay complete);
+        a row being written stays held."""
         with self._lock:
             rows = self._rows
             for key in keys:
+                pinned = self._kinds.get(key[0])
+                if pinned is not None:
+                    pinned[1].pop(key, None)
                 if rows.get(key) is not _HELD:
                     rows.pop(key, None)
 
+    def _unpin(self, kind: str) -> None:
+        """The set of `kind` is no longer known complete: its rows join the others (replacing
+        the older copies they shadowed)."""
+        _, rows = self._kinds.pop(kind)
+        cached = self._rows
+        for key, row in rows.items():
+            cached[key] = row
+            cached.move_to_end(key)
+
     def _trim(self) -> None:
         cached = self._rows
+        subjects = self._subjects
         while len(cached) > self.size:
-            cached.popitem(last=False)
+            key, _ = cached.popitem(last=False)
+            if subjects and key[0] in SUBJECT_KINDS:
+                subjects.pop(key[1], None)
 
 
 _HELD: Final = (-1, None)
@@ -312,32 +427,74 @@ def _select(conn: Connection, keys: list[Key]) -> dict[Key, tuple[int, Any]]:
     return _lookup(conn, keys, None)[0]
 
 
-def select_marked(
-    conn: Connection, keys: list[Key], chain_id: str
-) -> tuple[dict[Key, tuple[int, Any]], int]:
-    """The rows at `keys` and how far chain `chain_id` is folded into them (0: not at all),
-    in one statement, so one snapshot: the rows count that chain's checks up to that seq."""
+def select_kind(conn: Connection, kind: str, most: int) -> dict[Key, tuple[int, Any]] | None:
+    """Every row of `kind` (read through its partial index: only `PAYEE_BANK` has one), or
+    None when there are more than `most`."""
+    if kind not in INDEXED_KINDS:
+        raise ValueError(f"no index to read every {kind} row")
+    c = risk_state.c
+    query = (  # the kind as a literal: SQLite uses a partial index only for a constant
+        select(c.subject, c.item, c.version, c.state)
+        .where(c.kind == literal_column(f"'{kind}'"))
+        .limit(most + 1)
+    )
     with translate_errors():
-        return _lookup(conn, keys, chain_id)
+        rows = conn.execute(query).all()
+    if len(rows) > most:
+        return None
+    return {(kind, str(s), str(i)): (int(v), _decode(kind, bytes(st))) for s, i, v, st in rows}
+
+
+def select_marked(
+    conn: Connection, keys: list[Key], chain_id: str, subject: str | None = None
+) -> tuple[dict[Key, tuple[int, Any]], int, dict[Key, tuple[int, Any]] | None]:
+    """The rows at `keys` and how far chain `chain_id` is folded into them (0: not at all),
+    in one statement, so one snapshot: the rows count that chain's checks up to that seq.
+
+    With `subject`, the same statement also reads every `SUBJECT_KINDS` row of that subject
+    (a primary-key range): the third value holds them all, or is None when there are more
+    than `SUBJECT_ROWS_MOST`."""
+    with translate_errors():
+        return _lookup(conn, keys, chain_id, subject)
+
+
+#: At most this many rows of a person are read at once to keep them all (`RowCache.cover_subject`);
+#: for someone with more (a bot paying thousands of payees), each row is read when needed.
+SUBJECT_ROWS_MOST: Final = 200
 
 
 def _lookup(
-    conn: Connection, keys: list[Key], chain_id: str | None
-) -> tuple[dict[Key, tuple[int, Any]], int]:
-    """The rows at `keys` (an absent row is (0, None)) and, with `chain_id`, that chain's
-    fold mark, read in the same statement (as a row with an empty kind)."""
-    sql = _statements(conn.dialect).select(len(keys), marked=chain_id is not None)
+    conn: Connection, keys: list[Key], chain_id: str | None, subject: str | None = None
+) -> tuple[dict[Key, tuple[int, Any]], int, dict[Key, tuple[int, Any]] | None]:
+    """The rows at `keys` (an absent row is (0, None)); with `chain_id`, that chain's fold
+    mark, read in the same statement (as a row with an empty kind); with `subject`, every
+    `SUBJECT_KINDS` row of it (or None when there are too many)."""
+    sql = _statements(conn.dialect).select(
+        len(keys), marked=chain_id is not None, subject=subject is not None
+    )
     values: list[Any] = [part for key in keys for part in key]  # kind, subject, item of each
+    if subject is not None:
+        values.append(subject)
     if chain_id is not None:
         values.append(chain_id)
     found: dict[Key, tuple[int, Any]] = {key: (0, None) for key in keys}
+    whole: dict[Key, tuple[int, Any]] | None = {} if subject is not None else None
     mark = 0
-    for kind, subject, item, version, state in _run_flat(conn, sql, values):
-        if kind:
-            found[(kind, subject, item)] = (int(version), _decode(kind, bytes(state)))
-        else:
+    for kind, subj, item, version, state in _run_flat(conn, sql, values):
+        if not kind:
             mark = int(version)
-    return found, mark
+            continue
+        key = (kind, subj, item)
+        row = found.get(key)
+        if row is None or row[1] is None:
+            row = (int(version), _decode(kind, bytes(state)))
+            if key in found:
+                found[key] = row
+        if whole is not None and subj == subject and kind in SUBJECT_KINDS:
+            whole[key] = row
+    if whole is not None and len(whole) > SUBJECT_ROWS_MOST:
+        whole = None
+    return found, mark, whole
 
 
 def select_rows(conn: Connection, keys: list[Key], chunk: int = 64) -> dict[Key, tuple[int, Any]]:
@@ -683,7 +840,7 @@ class _Statements:
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
         self.is_sqlite = dialect.name == "sqlite"
-        self._selects: dict[tuple[int, bool], _SQL] = {}
+        self._selects: dict[tuple[int, bool, bool], _SQL] = {}
         self._upserts: dict[int, _SQL] = {}
         self._hours: dict[float, object] = {}
 
@@ -703,10 +860,11 @@ class _Statements:
             return when.isoformat(sep=" ", timespec="microseconds")[:26]
         return when
 
-    def select(self, n: int, *, marked: bool = False) -> _SQL:
-        """`n` point lookups; `marked`: and, as one more row with an empty kind, the fold mark
-        of the chain bound to `chain`."""
-        found = self._selects.get((n, marked))
+    def select(self, n: int, *, marked: bool = False, subject: bool = False) -> _SQL:
+        """`n` point lookups; `subject`: and every `SUBJECT_KINDS` row of the subject bound to
+        `subject` (at most `SUBJECT_ROWS_MOST` + 1 of them); `marked`: and, as one more row
+        with an empty kind, the fold mark of the chain bound to `chain`."""
+        found = self._selects.get((n, marked, subject))
         if found is None:
             # UNION ALL of point lookups: each one a primary-key search on both databases
             # (SQLite plans an OR of them as a multi-index OR, which costs more).
@@ -720,6 +878,17 @@ class _Statements:
                 for i in range(n)
             ]
             names = [f"{p}{i}" for i in range(n) for p in ("k", "s", "i")]
+            if subject:  # a range of the primary key (subject, kind, item)
+                kinds: list[Any] = [literal_column(f"'{k}'") for k in sorted(SUBJECT_KINDS)]
+                everything = (
+                    select(c.kind, c.subject, c.item, c.version, c.state)
+                    .where(c.subject == bindparam("subject"), c.kind.in_(kinds))
+                    .limit(literal_column(str(SUBJECT_ROWS_MOST + 1)))
+                    .offset(literal_column("0"))  # (else SQLite's compiler binds one)
+                    .subquery()
+                )
+                parts.append(select(*everything.c))
+                names.append("subject")
             if marked:
                 f = risk_folds.c
                 parts.append(
@@ -735,7 +904,7 @@ class _Statements:
             stmt: ClauseElement = parts[0]
             if len(parts) > 1:
                 stmt = union_all(*parts)
-            found = self._selects[(n, marked)] = self._compile_flat(stmt, names)
+            found = self._selects[(n, marked, subject)] = self._compile_flat(stmt, names)
         return found
 
     def upsert(self, n: int) -> _SQL:
