@@ -454,7 +454,7 @@ class Bench:
         now = self.now()
         risk = self.risk if cached else self.uncached
         assessment = risk.assessment(self.reader, request, now)
-        request = dataclasses.replace(request, risk=assessment.risk)
+        request = request.with_risk(assessment.risk)
         decision = self.engine.evaluate(request)
         entry = self.entry(request, decision, now, assessment.risk, risk.journal_entry(assessment))
         appended = await (self.writer if cached else self.other_writer).append(entry)

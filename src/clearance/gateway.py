@@ -194,7 +194,7 @@ class Gateway:
                     ) from exc
             # Risk signals, from the store's own history: one indexed read, before evaluation.
             assessment = await read(self.db, lambda c: risk.assessment(c, request, now))
-            request = dataclasses.replace(request, risk=assessment.risk)
+            request = request.with_risk(assessment.risk)
             journal = risk.journal_entry(assessment)
         decision = self.engine.evaluate(request)
         shown = redact(request.params, decision.redact) if decision.redact else request.params

@@ -271,3 +271,24 @@ def test_redactions_come_from_every_rule_covering_the_action() -> None:
     d = e.evaluate(Request("payments.charge", {"amount": 5, "card_number": "4111"}))
     assert d.redact == ("params.card_number",)
     assert e.redactions("payments.charge") == ("params.card_number",)
+
+
+def test_with_risk_is_replace_with_every_other_field_kept() -> None:
+    """`Request.with_risk` (the fast path of every check with risk signals) keeps every field:
+    a field added to Request and forgotten there fails here."""
+    import dataclasses
+
+    from clearance.policy.model import Request
+
+    values: dict[str, object] = {
+        "action": "payments.transfer",
+        "params": {"amount": 1},
+        "actor": {"user": "carol"},
+        "context": {"geo": "US"},
+        "labels": ("x",),
+        "risk": {"score": 1},
+    }
+    assert set(values) == {f.name for f in dataclasses.fields(Request)}
+    original = Request(**values)  # type: ignore[arg-type]
+    risk = {"score": 90}
+    assert original.with_risk(risk) == dataclasses.replace(original, risk=risk)

@@ -4,7 +4,7 @@ context, exposed to policies as `risk.*`, shown to approvers, recorded in the au
 One check, in the gateway (`Gateway.check`)::
 
     assessment = risk.assessment(conn, request, now)        # one indexed read (or none)
-    request = dataclasses.replace(request, risk=assessment.risk)
+    request = request.with_risk(assessment.risk)
     decision = engine.evaluate(request)
     entry.data["risk"]["f"] = risk.journal_entry(assessment)  # the facts, for the fold
     committed = await writer.append(entry)                   # nothing else is written

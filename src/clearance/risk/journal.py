@@ -532,7 +532,10 @@ def _apply(update: Updater, value: Any, owned: bool) -> tuple[Any, float] | None
 
 def _counted(update: Updater, value: Any) -> Any:
     """A kept row's value with one more check counted (changed in place when it can be)."""
-    changed = _apply(update, value, True)
+    if value is not None and type(update) is ActivityUpdate:  # the common case, inlined
+        value.add(update.ts, update.amount, keep_amounts=update.keep)
+        return value
+    changed = update(value)
     return value if changed is None else changed[0]
 
 
