@@ -26,12 +26,17 @@
                        each check's share of it is added to the mean in the target line;
    - `with/no-cache`   `with` by a second process without a row cache (its own audit chain,
                        folded by the first; other people, so the two never share rows);
-   - `with/hot`        `with`, for the busy agents (their rows are the largest).
+   - `with/hot`        `with`, for the busy agents (their rows are the largest);
+   - `gateway`         the product's whole check, `Gateway.check`, on the same policy;
+   - `gateway+risk`    `Gateway.check` with a `risk:` section (default settings), sharing
+                       `with`'s engine and writer; the folds it starts itself in the
+                       background are waited for between two timed checks, timed apart.
    Wall-clock median, mean and p99 µs a check, and the process's CPU time (all threads); the
    target is `with` < 2 × `without` (the issue: "a check with risk signals stays under 2×
-   the cost of one without"). Also `assess` alone, and what the folds cost per check folded.
+   the cost of one without"); the same ratio for the whole `Gateway.check` is printed beside
+   it. Also `assess` alone, and what the folds cost per check folded.
 
-Run: `.venv/bin/python -m bench risk` (about 75 s here) or `… risk --quick`. Flags with a
+Run: `.venv/bin/python -m bench risk` (about 50 s here) or `… risk --quick`. Flags with a
 value take `=`: `--past=N`; `--database-url=postgresql://…` runs everything against
 PostgreSQL (an empty or migrated database); `--sqlite-tuning` adds the proposed page cache
 and mmap pragmas. Nothing is asserted; `tests/risk/test_bench_risk.py` runs the builders at
@@ -63,7 +68,9 @@ from sqlalchemy import Connection, event, func, insert, select
 from clearance.audit.entry import AuditDraft, Kind
 from clearance.audit.writer import AuditWriter
 from clearance.canonical import params_hash
+from clearance.gateway import Gateway
 from clearance.policy import Engine, Request, load_policy
+from clearance.policy.load import load_policy_texts
 from clearance.risk import RiskEngine
 from clearance.risk.activity import EPOCH, Activity
 from clearance.risk.store import (
@@ -384,8 +391,21 @@ class Bench:
         self.clock = NOW.timestamp()
         self.effects: dict[str, int] = {}
         self.folds: list[tuple[int, int, int]] = []  # (checks counted, ns, CPU ns) each fold
+        # The product's own check, whole: `Gateway.check` on the same policy without and with
+        # a `risk:` section (default settings, as `risk`'s), on this process's writer and, with
+        # risk, its one engine (so its rows, unfolded checks and folds are shared).
+        self.gateway = Gateway(engine.policy, db, self.writer, clock=self.now)
+        source = ENTERPRISE.read_text(encoding="utf-8")
+        with_risk = load_policy_texts(
+            [(str(ENTERPRISE), source), ("<risk>", "version: 1\nrisk: {}\n")]
+        )
+        self.gateway_risk = Gateway(with_risk, db, self.writer, clock=self.now)
+        self.gateway_risk.risk = risk
 
     async def aclose(self) -> None:
+        folding = self.gateway_risk._folding
+        if folding is not None:
+            await folding
         await self.other_writer.aclose()
         await self.writer.aclose()
         self.reader.close()
@@ -460,8 +480,30 @@ class Bench:
         appended = await (self.writer if cached else self.other_writer).append(entry)
         risk.note(appended.seq, assessment, decision.effect.value, now)
 
+    async def gateway_check(self, request: Request) -> None:
+        """`Gateway.check` without risk signals."""
+        result = await self.gateway.check(request)
+        self._count(result.decision.effect.value)
+
+    async def gateway_risk_check(self, request: Request) -> None:
+        """`Gateway.check` with risk signals (it starts its own folds, in the background:
+        `settle` waits for one, timed apart)."""
+        result = await self.gateway_risk.check(request)
+        self._count(result.decision.effect.value)
+
+    def _count(self, effect: str) -> None:
+        self.effects[effect] = self.effects.get(effect, 0) + 1
+
     async def settle(self) -> None:
-        """Run the fold that is due, if one is (between two timed checks)."""
+        """Run the fold that is due, if one is (between two timed checks); or let the one the
+        gateway started finish, timed the same way."""
+        started = self.gateway_risk._folding
+        if started is not None and not started.done():
+            before = self.risk.journal.folded_entries
+            t0, c0 = time.perf_counter_ns(), time.process_time_ns()
+            await started
+            counted = self.risk.journal.folded_entries - before
+            self.folds.append((counted, time.perf_counter_ns() - t0, time.process_time_ns() - c0))
         if self.risk.fold_due():
             await self.fold(self.risk)
 
@@ -491,6 +533,8 @@ async def measure(bench: Bench, sizes: Sizes) -> dict[str, Stats]:
             functools.partial(bench.next_request, 1),
         ),
     }
+    variants["gateway"] = (bench.gateway_check, people)
+    variants["gateway+risk"] = (bench.gateway_risk_check, people)
     hot = iter(range(10**9))
     hot_agents = max(1, bench.pop.sizes.hot_agents)
     variants["with/hot"] = (bench.with_risk, lambda: hot_request(next(hot) % hot_agents, next(hot)))
@@ -649,6 +693,13 @@ def run(sizes: Sizes, url: str | None, label: str, *, sqlite_tuning: bool = Fals
             f"  folds while measuring: {len(folds)} of {counted:,} checks in all, "
             f"{spent / len(folds):,.0f} µs each: {fold_us:.1f} µs ({fold_cpu_us:.1f} µs CPU) "
             "a check folded"
+        )
+    if "gateway+risk" in results:
+        plain, risky = results["gateway"], results["gateway+risk"]
+        print(
+            f"  Gateway.check, the whole check: {risky.median_us:.1f} vs {plain.median_us:.1f} µs "
+            f"→ {risky.median_us / plain.median_us:.2f} × median wall; with each check's share "
+            f"of the folds {(risky.mean_us + fold_us) / plain.mean_us:.2f} × mean wall"
         )
     if "with" in results:
         st = results["with"]

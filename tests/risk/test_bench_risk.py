@@ -114,7 +114,9 @@ async def test_every_variant_runs_and_checks_are_decided(tmp_path: Path) -> None
         await bench.aclose()
         db.dispose()
     assert folded >= 4 * TINY.rounds * TINY.per_round
-    assert {"without", "with", "with/no-cache", "with/hot"} <= set(results)
+    assert {"without", "with", "with/no-cache", "with/hot", "gateway", "gateway+risk"} <= set(
+        results
+    )
     assert all(r.n == TINY.rounds * TINY.per_round for r in results.values())
     assert set(bench.effects) <= {"allow", "approve", "deny", "block"}
     assert sum(bench.effects.values()) > 0
