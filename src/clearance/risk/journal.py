@@ -16,9 +16,10 @@ check writes nothing more than its audit entry, and:
   writer's `BEGIN IMMEDIATE`), a transaction-scoped advisory lock on PostgreSQL.
 - a row read from the store comes with its chain's mark (one statement, one snapshot); this
   process's checks after the mark are counted in on top (`_pending`). Rows this process keeps
-  (`RowCache`) are current for its own checks; when a fold finds that another process folded
-  since this one last did, it drops them, so other processes' checks show within about a fold
-  interval (a second), where write-through showed them only once this process wrote the row.
+  (`RowCache`, with its complete sets) are current for its own checks, each counted in as it
+  is noted; when a fold finds that another process folded since this one last did, it drops
+  them, so other processes' checks show within about a fold interval (a second), where
+  write-through showed them only once this process wrote the row.
 
 Folding coalesces: a row that many checks touched between two folds is written once.
 """
@@ -259,7 +260,8 @@ class Journal:
         self, seq: int, facts: Facts, effect: str, ts: float, keys: StoreKeys | None = None
     ) -> None:
         """Count the check whose audit entry `seq` (on this process's chain) has committed:
-        the next read of one of its rows counts it in (the rows kept are caught up lazily)."""
+        into the rows kept, at once; a row read later from the store (or known absent from a
+        complete set) has it counted in by that read."""
         ups = updaters(keys or keys_of(facts), facts, effect in _REFUSED, ts, self.settings)
         if not ups:
             return
