@@ -438,3 +438,77 @@ async def test_known_people_and_payees_need_no_read_once_kept_whole(database: Da
         assert cache.misses == misses  # every row was kept, or known absent
     finally:
         await p.writer.aclose()
+
+
+async def test_a_long_backlog_is_folded_in_bounded_units(database: Database) -> None:
+    """A fold takes at most `limit` checks, shared among the chains, so that no fold holds the
+    writer for long;
+    `more` says there is a tail, the next folds take it, each check is counted once, and the
+    checks stay counted in between."""
+    crashed = Process(database, "crashed")
+    req = request(amount=10, geo="US")
+    try:
+        for i in range(3):
+            await crashed.check(req, at(i))
+    finally:
+        await crashed.writer.aclose()
+    p = Process(database, "p")
+    try:
+        for i in range(3, 8):
+            await p.check(req, at(i))
+
+        async def fold_two() -> tuple[int, bool]:
+            result = await p.writer.run(lambda tx: p.engine.journal.fold(tx, at(9), limit=2))
+            p.engine.folded(result)
+            return result.entries, result.more
+
+        assert await fold_two() == (2, True)  # one of each chain: two, shared
+        assert marks(database) == {"crashed": 1, "p": 1}
+        assert p.assess(req, at(9))["velocity_1m"] == 5 + 1 + 1  # all of p's, 1 of crashed's
+        assert await fold_two() == (2, True)
+        assert await fold_two() == (2, True)  # crashed's are all in
+        assert await fold_two() == (2, False)  # the one chain left takes the whole share
+        assert p.engine.journal.pending == 0
+        assert p.assess(req, at(9))["velocity_1m"] == 8 + 1
+    finally:
+        await p.writer.aclose()
+    fresh = Process(database, "fresh")
+    try:
+        assert fresh.assess(req, at(9))["velocity_1m"] == 8 + 1
+    finally:
+        await fresh.writer.aclose()
+
+
+async def test_the_gateway_folds_a_backlog_unit_by_unit(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Gateway.fold_risk` runs bounded folds one after another until none is left: a
+    restarted gateway with a crashed one's backlog folds all of it before its first check."""
+    import clearance.risk.journal as journal
+
+    monkeypatch.setattr(journal, "FOLD_INTERVAL_S", 3600.0)  # no fold by time
+    policy = tmp_path / "p.yaml"
+    policy.write_text(POLICY)
+    clock = FrozenClock(T0)
+    req = Request("pay", {"amount": 1}, {"user": "dana", "agent": "bot"}, {})
+    first = Gateway.open(policy, database_url=db_url, clock=clock)
+    for _ in range(3):
+        assert (await first.check(req)).decision.effect.value == "allow"
+    await first.writer.aclose()  # dies here: nothing folded
+    await first.db.aclose()
+    monkeypatch.setattr(journal, "FOLD_LIMIT", 1)
+    units: list[int] = []
+    real_fold = journal.Journal.fold
+
+    def counting_fold(self: journal.Journal, tx: WriteTx, now: datetime, **kw: Any) -> Any:
+        result = real_fold(self, tx, now, **kw)
+        units.append(result.entries)
+        return result
+
+    monkeypatch.setattr(journal.Journal, "fold", counting_fold)
+    second = Gateway.open(policy, database_url=db_url, clock=clock)
+    try:
+        assert (await second.check(req)).decision.effect.value == "deny"  # the 4th in an hour
+        assert units == [1, 1, 1]  # three units of one check each
+    finally:
+        await second.aclose()

@@ -72,8 +72,12 @@ __all__ = ["FoldResult", "Journal", "facts_from_json", "facts_json"]
 FOLD_INTERVAL_S: Final = 1.0
 #: … and at once when it has this many.
 FOLD_MAX_PENDING: Final = 5_000
-#: At most this many audit entries a chain per fold (a longer tail takes several folds).
-FOLD_LIMIT: Final = 20_000
+#: At most this many audit entries per fold, shared among the chains that have some (at least
+#: one each); a longer tail takes several folds, one writer unit each (`Gateway.fold_risk`
+#: runs them in turn). This bounds how long a fold holds the writer — on SQLite the event loop
+#: itself — to about 75 ms here, so that checks made meanwhile wait at most that long,
+#: however large the backlog.
+FOLD_LIMIT = 1_000
 #: PostgreSQL advisory lock key of the fold (any constant shared by every instance).
 _FOLD_LOCK: Final = 0x52534B46  # "RSKF"
 _REFUSED: Final = frozenset({"deny", "block"})
@@ -330,11 +334,15 @@ class Journal:
         return n >= FOLD_MAX_PENDING or time.monotonic() - self._last_fold >= FOLD_INTERVAL_S
 
     # -- folding ---------------------------------------------------------------------------
-    def fold(self, tx: WriteTx, now: datetime, *, limit: int = FOLD_LIMIT) -> FoldResult:
-        """Count every chain's checks since its mark into `risk_state` (inside a writer unit).
+    def fold(self, tx: WriteTx, now: datetime, *, limit: int | None = None) -> FoldResult:
+        """Count every chain's checks since its mark into `risk_state` (inside a writer unit):
+        at most `limit` (default `FOLD_LIMIT`) in all, shared among the chains; `more` in the
+        result says to fold again.
 
         Pass the result to `folded` once the unit has committed. Raises RiskStoreConflict if
         a row changed under the fold (only a process that writes through could do that)."""
+        if limit is None:
+            limit = FOLD_LIMIT
         conn = tx.conn
         with translate_errors():
             if conn.dialect.name == "postgresql":
@@ -352,11 +360,11 @@ class Journal:
         moved: dict[str, int] = {}
         count = 0
         more = False
-        for chain, head in sorted(heads.items()):
+        behind = sorted((c, h) for c, h in heads.items() if h > marks.get(c, 0))
+        share = max(1, limit // len(behind)) if behind else 0  # every chain moves each fold
+        for chain, head in behind:
             start = marks.get(chain, 0)
-            if head <= start:
-                continue
-            end = min(head, start + limit)
+            end = min(head, start + share)
             more = more or end < head
             mine = own if chain == self.chain_id else {}
             for items in self._checks(conn, chain, start, end, mine):
