@@ -438,6 +438,11 @@ def test_complete_sets_say_absent_until_a_row_of_theirs_is_evicted_or_held() -> 
     cache.drop_sets()  # the kept rows stay, as ordinary rows
     assert cache.get_many([bank, ("payee_bank", "s2", "")]) == {bank: (3, 60.0, 11)}
     cache.cover_kind("payee_bank", 12, {})
+    cache.put_many({("payee_bank", f"n{i}", ""): (1, 1.0, 12) for i in range(3)})
+    assert not cache.uncover_kind("payee_bank", 3) and cache.covers_kind("payee_bank")
+    cache.put_many({("payee_bank", "n3", ""): (1, 1.0, 12)})  # grows past its bound: ends
+    assert cache.uncover_kind("payee_bank", 3) and not cache.covers_kind("payee_bank")
+    assert ("payee_bank", "n3", "") in cache.get_many([("payee_bank", "n3", "")])
     cache.clear()
     assert cache.get_many([bank]) == {} and len(cache) == 0
 

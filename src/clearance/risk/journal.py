@@ -510,6 +510,9 @@ class Journal:
             self.cache.put_many(rows)
             if result.bank_read:
                 self._keep_bank(result.bank_rows, mark)
+            elif self.cache.uncover_kind(PAYEE_BANK, self._bank_most):
+                # grown past the bound since it was read: the next fold reads how many
+                self._bank_retry_at = 0.0
             self.folded_entries += result.entries
 
     def adopt(self, other: Journal) -> None:

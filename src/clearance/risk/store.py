@@ -336,6 +336,17 @@ class RowCache:
     def covers_kind(self, kind: str) -> bool:
         return kind in self._kinds
 
+    def uncover_kind(self, kind: str, beyond: int) -> bool:
+        """End the set of `kind` when it holds more than `beyond` rows (it grows with every
+        row of that kind created while kept); whether it ended."""
+        with self._lock:
+            pinned = self._kinds.get(kind)
+            if pinned is None or len(pinned[1]) <= beyond:
+                return False
+            self._unpin(kind)
+            self._trim()
+            return True
+
     def hold(self, keys: list[Key]) -> None:
         """These rows are being written: read them from the store until `put_many`."""
         if not self.size:
