@@ -252,12 +252,9 @@ risk: {}
 """
 
 
-async def test_a_restarted_gateway_loses_no_count(
-    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A gateway that stops without closing (a crash: no fold) and one started after it: the
-    new one folds the old one's checks before its first, so the velocity rule still holds."""
-    monkeypatch.setattr("clearance.risk.journal.FOLD_INTERVAL_S", 3600.0)  # no fold by time
+async def crashed_gateway(tmp_path: Path, db_url: str) -> tuple[Path, FrozenClock, Request]:
+    """A gateway on POLICY that allows three payments by dana, then dies (no fold): the
+    policy file, the clock and the request, for the gateway started after it."""
     policy = tmp_path / "p.yaml"
     policy.write_text(POLICY)
     clock = FrozenClock(T0)
@@ -268,6 +265,16 @@ async def test_a_restarted_gateway_loses_no_count(
     assert first.risk is not None and first.risk.journal.pending == 3
     await first.writer.aclose()  # dies here: nothing folded
     await first.db.aclose()
+    return policy, clock, req
+
+
+async def test_a_restarted_gateway_loses_no_count(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gateway that stops without closing (a crash: no fold) and one started after it: the
+    new one folds the old one's checks before its first, so the velocity rule still holds."""
+    monkeypatch.setattr("clearance.risk.journal.FOLD_INTERVAL_S", 3600.0)  # no fold by time
+    policy, clock, req = await crashed_gateway(tmp_path, db_url)
     second = Gateway.open(policy, database_url=db_url, clock=clock)
     try:
         assert (await second.check(req)).decision.effect.value == "deny"  # the 4th in an hour
@@ -487,15 +494,7 @@ async def test_the_gateway_folds_a_backlog_unit_by_unit(
     import clearance.risk.journal as journal
 
     monkeypatch.setattr(journal, "FOLD_INTERVAL_S", 3600.0)  # no fold by time
-    policy = tmp_path / "p.yaml"
-    policy.write_text(POLICY)
-    clock = FrozenClock(T0)
-    req = Request("pay", {"amount": 1}, {"user": "dana", "agent": "bot"}, {})
-    first = Gateway.open(policy, database_url=db_url, clock=clock)
-    for _ in range(3):
-        assert (await first.check(req)).decision.effect.value == "allow"
-    await first.writer.aclose()  # dies here: nothing folded
-    await first.db.aclose()
+    policy, clock, req = await crashed_gateway(tmp_path, db_url)
     monkeypatch.setattr(journal, "FOLD_LIMIT", 1)
     units: list[int] = []
     real_fold = journal.Journal.fold
