@@ -473,7 +473,9 @@ class Bench:
         check's time is taken, and times it apart (its cost per check folded is reported)."""
         now = self.now()
         risk = self.risk if cached else self.uncached
-        assessment = risk.assessment(self.reader, request, now)
+        assessment = risk.kept_assessment(request, now)
+        if assessment is None:
+            assessment = risk.assessment(self.reader, request, now, count=False)
         request = request.with_risk(assessment.risk)
         decision = self.engine.evaluate(request)
         entry = self.entry(request, decision, now, assessment.risk, risk.journal_entry(assessment))

@@ -192,8 +192,13 @@ class Gateway:
                         "the risk history could not be brought up to date; nothing was "
                         "allowed: retry"
                     ) from exc
-            # Risk signals, from the store's own history: one indexed read, before evaluation.
-            assessment = await read(self.db, lambda c: risk.assessment(c, request, now))
+            # Risk signals, from the store's own history, before evaluation: from the rows kept
+            # in memory when they are all there, else one indexed read.
+            assessment = risk.kept_assessment(request, now)
+            if assessment is None:
+                assessment = await read(
+                    self.db, lambda c: risk.assessment(c, request, now, count=False)
+                )
             request = request.with_risk(assessment.risk)
             journal = risk.journal_entry(assessment)
         decision = self.engine.evaluate(request)

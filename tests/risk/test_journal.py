@@ -511,3 +511,38 @@ async def test_the_gateway_folds_a_backlog_unit_by_unit(
         assert units == [1, 1, 1]  # three units of one check each
     finally:
         await second.aclose()
+
+
+async def test_a_check_whose_rows_are_kept_takes_no_connection(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway assesses from the rows kept in memory when they are all there, and only
+    otherwise takes a connection to read the rest (on PostgreSQL even an unused one costs a
+    pool checkout); the cache's figures count each row once either way."""
+    import clearance.gateway as gateway_module
+
+    reads: list[object] = []
+    real_read = gateway_module.read
+
+    async def counting_read(db: Database, fn: Any) -> Any:
+        reads.append(fn)
+        return await real_read(db, fn)
+
+    monkeypatch.setattr(gateway_module, "read", counting_read)
+    policy = tmp_path / "p.yaml"
+    policy.write_text(POLICY)
+    gateway = Gateway.open(policy, database_url=db_url, clock=FrozenClock(T0))
+    req = Request("pay", {"amount": 1}, {"user": "dana", "agent": "bot"}, {})
+    try:
+        assert gateway.risk is not None
+        cache = gateway.risk.cache
+        rows = 3  # dana's counters, the bot's, the bot's denials
+        await gateway.check(req)
+        first = len(reads)
+        assert first >= 1  # dana's rows were read
+        assert cache.hits + cache.misses == rows and cache.misses > 0  # each counted once
+        assert (await gateway.check(req)).decision.effect.value == "allow"
+        assert len(reads) == first  # all kept: no connection taken
+        assert cache.hits + cache.misses == 2 * rows
+    finally:
+        await gateway.aclose()

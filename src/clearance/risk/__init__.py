@@ -3,7 +3,9 @@ context, exposed to policies as `risk.*`, shown to approvers, recorded in the au
 
 One check, in the gateway (`Gateway.check`)::
 
-    assessment = risk.assessment(conn, request, now)        # one indexed read (or none)
+    assessment = risk.kept_assessment(request, now)         # from memory: most checks
+    if assessment is None:                                   # one indexed read
+        assessment = risk.assessment(conn, request, now, count=False)
     request = request.with_risk(assessment.risk)
     decision = engine.evaluate(request)
     entry.data["risk"]["f"] = risk.journal_entry(assessment)  # the facts, for the fold
@@ -124,13 +126,30 @@ class RiskEngine:
         return facts_of(request, self.settings)
 
     # -- the two halves of a check -------------------------------------------------------------
-    def assessment(self, conn: Connection, request: RequestLike, now: datetime) -> Assessment:
+    def assessment(
+        self, conn: Connection, request: RequestLike, now: datetime, *, count: bool = True
+    ) -> Assessment:
         """Read the request's history (one statement, none when its rows are kept in memory)
-        and compute its `risk` map. This process's checks not yet folded are counted in."""
+        and compute its `risk` map. This process's checks not yet folded are counted in.
+        `count`: in the row cache's figures (not after `kept_assessment` counted them)."""
         if not self.settings.enabled:
             return Assessment(neutral_risk())
         facts = facts_of(request, self.settings)
-        history = self.journal.history(conn, facts)
+        history = self.journal.history(conn, facts, count=count)
+        return Assessment(
+            compute(facts, history, now, self.settings, self.time_zones), facts, history
+        )
+
+    def kept_assessment(self, request: RequestLike, now: datetime) -> Assessment | None:
+        """The assessment from the rows kept in memory, without a connection; None when a row
+        must be read (then `assessment(conn, …, count=False)`). Most checks need no read, and
+        on PostgreSQL even an unused connection costs a pool checkout."""
+        if not self.settings.enabled:
+            return Assessment(neutral_risk())
+        facts = facts_of(request, self.settings)
+        history = self.journal.kept_history(facts)
+        if history is None:
+            return None
         return Assessment(
             compute(facts, history, now, self.settings, self.time_zones), facts, history
         )

@@ -175,13 +175,25 @@ class Journal:
         crashed predecessor left is still to fold)."""
         return not self._folded_once
 
-    def history(self, conn: Connection, facts: Facts) -> History:
-        """The history of this request's subjects: kept rows, or one statement for the rest."""
+    def history(self, conn: Connection, facts: Facts, *, count: bool = True) -> History:
+        """The history of this request's subjects: kept rows, or one statement for the rest.
+        `count`: in the row cache's hit and miss figures."""
+        found = self._history(conn, facts, count)
+        if found is None:  # pragma: no cover - only without a connection
+            raise RuntimeError("a read was needed")
+        return found
+
+    def kept_history(self, facts: Facts) -> History | None:
+        """The history from the rows kept alone, or None when some must be read (counted in
+        the cache's figures: read them with `history(…, count=False)`)."""
+        return self._history(None, facts, True)
+
+    def _history(self, conn: Connection | None, facts: Facts, count: bool) -> History | None:
         keys = keys_of(facts)
         wanted = keys.all()
         if not wanted:
             return History(keys=keys)
-        known: dict[Key, Any] = self.cache.get_many(wanted)
+        known: dict[Key, Any] = self.cache.get_many(wanted, count=count)
         if known and self._pending:
             with self._lock:  # count in this process's checks noted since the row was kept
                 behind = {
@@ -193,6 +205,8 @@ class Journal:
                     self.cache.put_many(behind)
             known.update(behind)
         if len(known) < len(wanted):
+            if conn is None:
+                return None
             missing = [k for k in wanted if k not in known]
             # A person not kept whole yet: read all their rows with the missing ones, so that
             # their next new country, device or payee needs no read to be known new.
