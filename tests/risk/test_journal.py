@@ -101,16 +101,23 @@ async def test_a_check_counts_at_once_and_is_stored_by_the_fold(database: Databa
         await fresh.writer.aclose()
 
 
-async def test_a_crashed_process_checks_are_folded_once_by_another(database: Database) -> None:
-    """A process that dies before folding loses nothing: its checks are in its audit entries,
-    and the next fold of any process counts them — once, however often it folds."""
+async def crashed_process(database: Database, checks: int) -> Request:
+    """A process on chain "crashed" that makes `checks` checks of one payment a second apart
+    from `at(0)`, then dies before folding (its memory is gone); the request."""
     crashed = Process(database, "crashed")
     req = request(amount=10, geo="US")
     try:
-        for i in range(5):
+        for i in range(checks):
             await crashed.check(req, at(i))
     finally:
         await crashed.writer.aclose()  # and its memory is gone: no fold
+    return req
+
+
+async def test_a_crashed_process_checks_are_folded_once_by_another(database: Database) -> None:
+    """A process that dies before folding loses nothing: its checks are in its audit entries,
+    and the next fold of any process counts them — once, however often it folds."""
+    req = await crashed_process(database, 5)
     survivor = Process(database, "survivor")
     try:
         assert survivor.assess(req, at(6))["velocity_1m"] == 1  # not folded yet: unseen
@@ -449,16 +456,9 @@ async def test_known_people_and_payees_need_no_read_once_kept_whole(database: Da
 
 async def test_a_long_backlog_is_folded_in_bounded_units(database: Database) -> None:
     """A fold takes at most `limit` checks, shared among the chains, so that no fold holds the
-    writer for long;
-    `more` says there is a tail, the next folds take it, each check is counted once, and the
-    checks stay counted in between."""
-    crashed = Process(database, "crashed")
-    req = request(amount=10, geo="US")
-    try:
-        for i in range(3):
-            await crashed.check(req, at(i))
-    finally:
-        await crashed.writer.aclose()
+    writer for long; `more` says there is a tail, the next folds take it, each check is
+    counted once, and the checks stay counted in between."""
+    req = await crashed_process(database, 3)
     p = Process(database, "p")
     try:
         for i in range(3, 8):
