@@ -204,12 +204,12 @@ class RowCache:
     - A row known to be absent is kept as version 0.
     - *Complete sets*: what it holds can also say that a row is absent without naming it.
       `cover_subject(subject, …)` says it holds every row of `SUBJECT_KINDS` of that subject
-      (a person's counters, countries, devices and payees): any other such row of theirs is
-      absent. `cover_kind(kind, …)` holds every row of a kind (the few payees whose bank
-      details changed), outside the least-recently-used order, so that none is evicted: any
-      other row of that kind is absent. An absent row found this way is (0, None, since),
-      `since` being the fold mark of the read that made the set complete. Evicting a row of
-      a complete subject, or holding one of a complete set, ends that set.
+      (a person's countries, devices and payees): any other such row of theirs is absent.
+      `cover_kind(kind, …)` holds every row of a kind (the few payees whose bank details
+      changed), outside the least-recently-used order, so that none is evicted: any other
+      row of that kind is absent. An absent row found this way is (0, None, since), `since`
+      being the fold mark of the read that made the set complete. Evicting a row of a
+      complete subject, or holding one of a complete set, ends that set.
 
     An entry can only be stale when another process or instance changed the row; then
     `record`'s compare-and-set fails and reads it again. So in one process (embedded SQLite)
@@ -268,24 +268,28 @@ class RowCache:
         if not self.size:
             return
         with self._lock:
-            cached = self._rows
-            kinds = self._kinds
-            for key, row in rows.items():
-                pinned = kinds.get(key[0]) if kinds else None
-                if pinned is not None:
-                    old = pinned[1].get(key)
-                    if old is None or old[0] <= row[0]:
-                        pinned[1][key] = row
+            self._put(rows, read)
+
+    def _put(self, rows: Mapping[Key, Row], read: bool) -> None:
+        """`put_many`, under the lock."""
+        cached = self._rows
+        kinds = self._kinds
+        for key, row in rows.items():
+            pinned = kinds.get(key[0]) if kinds else None
+            if pinned is not None:
+                old = pinned[1].get(key)
+                if old is None or old[0] <= row[0]:
+                    pinned[1][key] = row
+                continue
+            old = cached.get(key)
+            if old is _HELD:
+                if read:
                     continue
-                old = cached.get(key)
-                if old is _HELD:
-                    if read:
-                        continue
-                elif old is not None and old[0] > row[0]:
-                    continue
-                cached[key] = row
-                cached.move_to_end(key)
-            self._trim()
+            elif old is not None and old[0] > row[0]:
+                continue
+            cached[key] = row
+            cached.move_to_end(key)
+        self._trim()
 
     def advance(
         self, seq: int, items: list[tuple[Key, Any]], apply: Callable[[Any, Any], Any]
@@ -319,8 +323,9 @@ class RowCache:
         with self._lock:
             if any(self._rows.get(k) is _HELD for k in rows):
                 return
+            # known whole first: should keeping the rows evict one of them, that ends it
             self._subjects[subject] = since
-        self.put_many(rows, read=True)
+            self._put(rows, True)
 
     def cover_kind(self, kind: str, since: int, rows: Mapping[Key, Row]) -> None:
         """`rows` are every row of `kind` as of fold mark `since`: keep them all (outside the
