@@ -132,22 +132,24 @@ class RiskEngine:
         """Read the request's history (one statement, none when its rows are kept in memory)
         and compute its `risk` map. This process's checks not yet folded are counted in.
         `count`: in the row cache's figures (not after `kept_assessment` counted them)."""
-        if not self.settings.enabled:
-            return Assessment(neutral_risk())
-        facts = facts_of(request, self.settings)
-        history = self.journal.history(conn, facts, count=count)
-        return Assessment(
-            compute(facts, history, now, self.settings, self.time_zones), facts, history
-        )
+        found = self._assess(conn, request, now, count)
+        if found is None:  # pragma: no cover - with a connection every row can be read
+            raise RuntimeError("the risk history could not be read")
+        return found
 
     def kept_assessment(self, request: RequestLike, now: datetime) -> Assessment | None:
         """The assessment from the rows kept in memory, without a connection; None when a row
         must be read (then `assessment(conn, …, count=False)`). Most checks need no read, and
         on PostgreSQL even an unused connection costs a pool checkout."""
+        return self._assess(None, request, now, True)
+
+    def _assess(
+        self, conn: Connection | None, request: RequestLike, now: datetime, count: bool
+    ) -> Assessment | None:
         if not self.settings.enabled:
             return Assessment(neutral_risk())
         facts = facts_of(request, self.settings)
-        history = self.journal.kept_history(facts)
+        history = self.journal.history(conn, facts, count=count)
         if history is None:
             return None
         return Assessment(

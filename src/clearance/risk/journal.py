@@ -137,7 +137,7 @@ class FoldResult:
     others: bool = False  # another process had folded since this one last did
     more: bool = False  # some chain has more to fold than this fold took
     #: every payee-bank row after the fold, when it read them to keep (None: it did not, or
-    #: there were more than `KEEP_KIND_MOST`); `kind_read`: whether it tried
+    #: there were too many, see `Journal._bank_most`); `bank_read`: whether it tried
     bank_rows: Mapping[Key, tuple[int, Any]] | None = None
     bank_read: bool = False
 
@@ -175,20 +175,12 @@ class Journal:
         crashed predecessor left is still to fold)."""
         return not self._folded_once
 
-    def history(self, conn: Connection, facts: Facts, *, count: bool = True) -> History:
-        """The history of this request's subjects: kept rows, or one statement for the rest.
-        `count`: in the row cache's hit and miss figures."""
-        found = self._history(conn, facts, count)
-        if found is None:  # pragma: no cover - only without a connection
-            raise RuntimeError("a read was needed")
-        return found
-
-    def kept_history(self, facts: Facts) -> History | None:
-        """The history from the rows kept alone, or None when some must be read (counted in
-        the cache's figures: read them with `history(…, count=False)`)."""
-        return self._history(None, facts, True)
-
-    def _history(self, conn: Connection | None, facts: Facts, count: bool) -> History | None:
+    def history(
+        self, conn: Connection | None, facts: Facts, *, count: bool = True
+    ) -> History | None:
+        """The history of this request's subjects: the rows kept, and one statement on `conn`
+        for the rest. Without a connection: None when a row must be read (then read it with
+        `count=False`: `count` puts the rows in the cache's hit and miss figures)."""
         keys = keys_of(facts)
         wanted = keys.all()
         if not wanted:
