@@ -458,7 +458,7 @@ def select_kind(conn: Connection, kind: str, most: int) -> dict[Key, tuple[int, 
         rows = conn.execute(query).all()
     if len(rows) > most:
         return None
-    return {(kind, str(s), str(i)): (int(v), _decode(kind, bytes(st))) for s, i, v, st in rows}
+    return {(kind, str(s), str(i)): (int(v), decode_value(kind, bytes(st))) for s, i, v, st in rows}
 
 
 def select_marked(
@@ -503,7 +503,7 @@ def _lookup(
         key = (kind, subj, item)
         row = found.get(key)
         if row is None or row[1] is None:
-            row = (int(version), _decode(kind, bytes(state)))
+            row = (int(version), decode_value(kind, bytes(state)))
             if key in found:
                 found[key] = row
         if whole is not None and subj == subject and kind in SUBJECT_KINDS:
@@ -550,10 +550,6 @@ def upsert_rows(
 
 def decode_value(kind: str, state: bytes) -> Any:
     """A row's `state` bytes as its value (Activity, a time, a list of times)."""
-    return _decode(kind, state)
-
-
-def _decode(kind: str, state: bytes) -> Any:
     if kind in (ACTOR_ACTION, AGENT_ACTION):
         return Activity.decode(state)
     if kind == AGENT_DENIALS:
@@ -562,7 +558,7 @@ def _decode(kind: str, state: bytes) -> Any:
 
 
 def encode_value(kind: str, value: Any) -> bytes:
-    """A row's value as its `state` bytes (the inverse of `_decode`)."""
+    """A row's value as its `state` bytes (the inverse of `decode_value`)."""
     if kind in (ACTOR_ACTION, AGENT_ACTION):
         return bytes(value.encode())
     if kind == AGENT_DENIALS:
@@ -736,7 +732,7 @@ def _upsert(conn: Connection, rows: list[tuple[Key, int, bytes, float]], ts: flo
 
 def describe(kind: str, state: bytes) -> Any:
     """A row's state as plain values (for people reading the table, and for tests)."""
-    value = _decode(kind, bytes(state))
+    value = decode_value(kind, bytes(state))
     if isinstance(value, Activity):
         return {
             "1m": dict(zip(value.sb, value.sc, strict=True)),
@@ -769,7 +765,8 @@ def subject_rows(conn: Connection, subject: str) -> list[SubjectRow]:
     with translate_errors():
         found = conn.execute(query).all()
     return [
-        SubjectRow(r.kind, r.item, _decode(r.kind, bytes(r.state)), r.expires_at) for r in found
+        SubjectRow(r.kind, r.item, decode_value(r.kind, bytes(r.state)), r.expires_at)
+        for r in found
     ]
 
 
