@@ -546,3 +546,129 @@ async def test_a_check_whose_rows_are_kept_takes_no_connection(
         assert cache.hits + cache.misses == 2 * rows
     finally:
         await gateway.aclose()
+
+
+def expiry(db: Database, key: tuple[str, str, str]) -> datetime:
+    with db.connect() as conn:
+        c = risk_state.c
+        found = conn.execute(
+            sa.select(c.expires_at).where(c.kind == key[0], c.subject == key[1], c.item == key[2])
+        ).scalar_one()
+    assert isinstance(found, datetime)
+    return found
+
+
+async def test_a_fold_writes_the_rows_kept_without_reading_them(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows kept current by this process's checks are folded from memory: counters written
+    as kept, a known country, device or payee seen again within the hour not even written, a
+    country seen again after it written with its new time; nothing is read. What is stored is
+    what a process reading it afresh finds, and what the folding process sees itself."""
+    import clearance.risk.journal as journal
+
+    reads: list[list[tuple[str, str, str]]] = []
+    real = journal.select_rows
+
+    def counting(conn: Any, keys: list[tuple[str, str, str]]) -> Any:
+        reads.append(list(keys))
+        return real(conn, keys)
+
+    monkeypatch.setattr(journal, "select_rows", counting)
+    p = Process(database, "p")
+    req = request(amount=20, geo="US", device="d1", payee="p1")
+    counter = ("actor_action", "carol", "payments.transfer")
+    geo = ("seen_geo", "carol", "US")
+    device = ("seen_device", "carol", "d1")
+    try:
+        await p.check(req, at(0))
+        await p.fold(at(1))  # a process's first fold reads: it knows no marks yet
+        assert stored(database)[counter] == 1
+        reads.clear()
+        await p.check(req, at(2))
+        await p.check(req, at(3))
+        await p.fold(at(4))
+        assert reads == [[]]  # every row the checks touched was kept
+        versions = stored(database)
+        assert versions[counter] == 2 and versions[geo] == 1 and versions[device] == 1
+        # an hour on, the country and device are seen again: their times move on
+        await p.check(req, at(3 * 3600))
+        await p.fold(at(3 * 3600 + 1))
+        assert reads == [[], []]
+        versions = stored(database)
+        assert versions[counter] == 3 and versions[geo] == 2 and versions[device] == 2
+        retention = 90 * 86400
+        expected = at(3 * 3600 + retention)  # rounded up to the hour, as every write is
+        assert abs((expiry(database, geo) - expected).total_seconds()) < 3600
+        assert expiry(database, geo) >= expected
+        mine = p.assess(req, at(3 * 3600 + 2))
+    finally:
+        await p.writer.aclose()
+    fresh = Process(database, "fresh")
+    try:
+        theirs = fresh.assess(req, at(3 * 3600 + 2))
+        assert theirs == mine
+        assert theirs["velocity_24h"] == 5 and theirs["amount_24h"] == 100
+        assert not (theirs["new_geo"] or theirs["new_device"] or theirs["new_payee"])
+    finally:
+        await fresh.writer.aclose()
+
+
+async def test_a_kept_row_written_through_meanwhile_is_read_and_redone(
+    database: Database,
+) -> None:
+    """A row kept by a process and changed since by another that writes through fails the
+    fold's compare-and-set: the fold reads it again and counts its checks on top, losing
+    neither the other process's count nor its own."""
+    p = Process(database, "p")
+    req = request(amount=20, geo="US")
+    counter = ("actor_action", "carol", "payments.transfer")
+    try:
+        await p.check(req, at(0))
+        await p.fold(at(1))
+        await p.check(req, at(2))
+        with database.connect() as conn, conn.begin():
+            RiskEngine().record(conn, req, "allow", at(3))  # version 1 → 2, behind p's back
+        assert stored(database)[counter] == 2
+        assert await p.fold(at(4)) == 1
+        assert stored(database)[counter] == 3
+    finally:
+        await p.writer.aclose()
+    fresh = Process(database, "fresh")
+    try:
+        r = fresh.assess(req, at(5))
+        assert r["velocity_1m"] == 4 and r["amount_24h"] == 80  # 3 counted, and this one
+    finally:
+        await fresh.writer.aclose()
+
+
+async def test_a_fold_of_part_of_the_checks_does_not_take_the_rows_kept(
+    database: Database,
+) -> None:
+    """A fold that takes only the first of this process's checks (a bounded unit) cannot
+    write a kept row that counts later ones too: it reads and counts what it takes, and the
+    next units count the rest, each once."""
+    p = Process(database, "p")
+    req = request(amount=20, geo="US")
+    try:
+        await p.check(req, at(0))
+        await p.fold(at(1))
+        for t in (2, 3, 4):
+            await p.check(req, at(t))
+        units = 0
+        while True:
+            result = await p.writer.run(lambda tx: p.engine.journal.fold(tx, at(5), limit=1))
+            p.engine.folded(result)
+            units += 1
+            if not result.more:
+                break
+        assert units == 3
+        mine = p.assess(req, at(6))
+        assert mine["velocity_1m"] == 5
+    finally:
+        await p.writer.aclose()
+    fresh = Process(database, "fresh")
+    try:
+        assert fresh.assess(req, at(6)) == mine
+    finally:
+        await fresh.writer.aclose()

@@ -21,7 +21,10 @@ check writes nothing more than its audit entry, and:
   them, so other processes' checks show within about a fold interval (a second), where
   write-through showed them only once this process wrote the row.
 
-Folding coalesces: a row that many checks touched between two folds is written once.
+Folding coalesces: a row that many checks touched between two folds is written once. And a
+row this process keeps current needs no read: the fold writes the kept value (or, for a time
+the checks left as it was, nothing), and the write's compare-and-set on the version sends a
+row that another process changed meanwhile back to be read (`Journal._kept_for_fold`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from sqlalchemy import Connection, select, text
 from clearance.store.errors import translate_errors
 from clearance.store.schema import audit_entries, audit_heads
 
+from .activity import Activity
 from .facts import Facts
 from .settings import RiskSettings
 from .signals import History
@@ -50,6 +54,7 @@ from .store import (
     RiskStoreConflict,
     RowCache,
     StoreKeys,
+    TimeUpdate,
     Updater,
     decode_value,
     encode_value,
@@ -363,6 +368,8 @@ class Journal:
             ours = ([self._marks] if self._marks is not None else []) + self._unacknowledged
         others = not any(_same_marks(marks, m) for m in ours)
         by_key: dict[Key, list[Updater]] = {}
+        last_noted: dict[Key, int] = {}  # the last of this process's noted checks, by row
+        unnoted: set[Key] = set()  # rows that a check read from its audit entry touches
         moved: dict[str, int] = {}
         count = 0
         more = False
@@ -373,19 +380,33 @@ class Journal:
             end = min(head, start + share)
             more = more or end < head
             mine = own if chain == self.chain_id else {}
-            for items in self._checks(conn, chain, start, end, mine):
+            for seq, items, noted in self._checks(conn, chain, start, end, mine):
                 count += 1
                 for key, update in items:
                     by_key.setdefault(key, []).append(update)
+                    if noted:
+                        last_noted[key] = seq
+                    else:
+                        unnoted.add(key)
             moved[chain] = end
         written: dict[Key, tuple[int, Any]] = {}
         if by_key:
             ts = now.timestamp()
+            # Most rows kept need no read: see `_kept_for_fold`.
+            kept = {} if others else self._kept_for_fold(by_key, last_noted, unnoted)
             keys = sorted(by_key)
-            stored = select_rows(conn, keys)
+            stored = select_rows(conn, [k for k in keys if k not in kept])
             for attempt in range(2):
                 rows: list[tuple[Key, int, bytes, float]] = []
                 for key in keys:
+                    found = kept.get(key)
+                    if found is not None:
+                        version, value, until = found
+                        if until is not None:
+                            rows.append((key, version + 1, encode_value(key[0], value), until))
+                            version += 1
+                        written[key] = (version, value)
+                        continue
                     version, value = stored[key]
                     expires: float | None = None
                     for update in by_key[key]:
@@ -399,11 +420,12 @@ class Journal:
                 done = upsert_rows(conn, rows, ts)
                 if len(done) == len(rows):
                     break
-                # A row changed since it was read (only a process writing through could):
-                # read those again and redo them, once.
+                # A row changed since it was read or kept (only another process could change
+                # it): read those again and redo them from the store, once.
                 keys = sorted({k for k, *_ in rows} - done)
                 if attempt:
                     raise RiskStoreConflict(f"risk rows changed under a fold: {keys[:3]}")
+                kept = {}
                 stored = select_rows(conn, keys)
         if moved:
             self._move_marks(conn, moved, now)
@@ -442,9 +464,9 @@ class Journal:
         start: int,
         end: int,
         own: Mapping[int, list[tuple[Key, Updater]]],
-    ) -> list[list[tuple[Key, Updater]]]:
-        """The updates of chain `chain`'s checks in (start, end], in order: this process's own
-        from memory, the others from their audit entries."""
+    ) -> list[tuple[int, list[tuple[Key, Updater]], bool]]:
+        """The updates of chain `chain`'s checks in (start, end], in order, as (seq, updates,
+        noted): this process's own from memory (noted), the others from their audit entries."""
         a = audit_entries.c
         in_range = (a.chain_id == chain, a.seq > start, a.seq <= end, a.kind == "check")
         with translate_errors():
@@ -461,12 +483,55 @@ class Journal:
                 for seq, when, action, effect, data in conn.execute(query.order_by(a.seq)):
                     parsed[int(seq)] = self._entry_updates(when, action, effect, data)
         order = seqs if own else sorted(parsed)
-        out: list[list[tuple[Key, Updater]]] = []
+        out: list[tuple[int, list[tuple[Key, Updater]], bool]] = []
         for seq in order:
             items = own.get(seq)
             if items is None:
-                items = parsed.get(seq, [])
-            out.append(items)
+                out.append((seq, parsed.get(seq, []), False))
+            else:
+                out.append((seq, items, True))
+        return out
+
+    def _kept_for_fold(
+        self,
+        by_key: Mapping[Key, list[Updater]],
+        last_noted: Mapping[Key, int],
+        unnoted: set[Key],
+    ) -> dict[Key, tuple[int, Any, float | None]]:
+        """The rows this fold can take from the rows kept instead of reading them: (version,
+        value, expires at), the value a copy of the kept one; expires None: the checks left
+        the row as it is (nothing to write).
+
+        A row kept as (version, value, last check counted) is the stored row at that version
+        with this process's later checks counted in. When its last check counted is the last
+        of this fold's checks that touch it, and only checks this process noted touch it, the
+        kept value is what the fold would compute from the store:
+        - an activity row is written from it, and the upsert's compare-and-set on the version
+          catches a row that another process changed since (it is then read and redone);
+        - a time row is set by a check to that check's time: when its value is one of its
+          checks' times it is written as an activity row is (with the last such check's
+          expiry); when it is none of them, the checks left it as it is, and there is nothing
+          to read or write (no other process folded since this one last did: `others` is
+          false; only a process writing through, `record`, could have changed the row, and
+          then only to a later time, which this fold leaves where reading it would have set
+          the row back to these checks' earlier time).
+        Copied under the lock, as a check noted meanwhile counts itself into the kept value in
+        place."""
+        out: dict[Key, tuple[int, Any, float | None]] = {}
+        wanted = [k for k in last_noted if k not in unnoted]
+        with self._lock:
+            for key, row in self.cache.peek(wanted).items():
+                if len(row) != 3 or row[2] != last_noted[key]:
+                    continue
+                version, value = row[0], row[1]
+                updates = by_key[key]
+                last = updates[-1]
+                if isinstance(value, Activity) and isinstance(last, ActivityUpdate):
+                    out[key] = (version, value.copy(), last.expires)
+                elif isinstance(value, float):
+                    usable, until = _time_written(value, updates)
+                    if usable:
+                        out[key] = (version, value, until)
         return out
 
     def _entry_updates(
@@ -556,6 +621,20 @@ def _counted(update: Updater, value: Any) -> Any:
         return value
     changed = update(value)
     return value if changed is None else changed[0]
+
+
+def _time_written(value: float, updates: list[Updater]) -> tuple[bool, float | None]:
+    """(whether these are all time-row updates, the expiry of the last that set the row to
+    `value`): a time row's value after its updates is the time of the last that changed it
+    (each sets its own), so no such update means they left it as it was (None: nothing to
+    write)."""
+    expires: float | None = None
+    for update in updates:
+        if not isinstance(update, TimeUpdate):
+            return False, None
+        if value == round(update.ts, 3):
+            expires = update.expires
+    return True, expires
 
 
 def _same_marks(a: Mapping[str, int], b: Mapping[str, int]) -> bool:

@@ -80,6 +80,7 @@ __all__ = [
     "RowCache",
     "StoreKeys",
     "SubjectRow",
+    "TimeUpdate",
     "decode_value",
     "describe",
     "encode_value",
@@ -290,6 +291,22 @@ class RowCache:
             cached[key] = row
             cached.move_to_end(key)
         self._trim()
+
+    def peek(self, keys: list[Key]) -> dict[Key, Row]:
+        """The rows kept at `keys` as they are (held ones included), without counting them
+        or changing the recency order."""
+        if not self.size:
+            return {}
+        with self._lock:
+            rows = self._rows
+            kinds = self._kinds
+            found: dict[Key, Row] = {}
+            for key in keys:
+                pinned = kinds.get(key[0]) if kinds else None
+                row = pinned[1].get(key) if pinned is not None else rows.get(key)
+                if row is not None:
+                    found[key] = row
+            return found
 
     def advance(
         self, seq: int, items: list[tuple[Key, Any]], apply: Callable[[Any, Any], Any]
@@ -653,23 +670,13 @@ def updaters(
     if keys.agent is not None:
         out[keys.agent] = ActivityUpdate(ts, None, 0, ts + _DAY)
 
-    def seen(old: float | None) -> tuple[Any, float] | None:
-        if old is not None and 0.0 <= ts - old < SEEN_REFRESH_S:
-            return None
-        return round(ts, 3), ts + retention
-
+    seen = TimeUpdate(ts, ts + retention)
     for key in (keys.geo, keys.device, keys.payee):
         if key is not None:
             out[key] = seen
     if keys.bank_change is not None:
-        bank_expires = ts + settings.patterns.payee_bank_change.days * _DAY
-
-        def bank(old: float | None) -> tuple[Any, float] | None:
-            if old is not None and old >= ts:
-                return None
-            return round(ts, 3), bank_expires
-
-        out[keys.bank_change] = bank
+        days = settings.patterns.payee_bank_change.days
+        out[keys.bank_change] = TimeUpdate(ts, ts + days * _DAY, latest=True)
     if keys.denials is not None and refused:
         burst = settings.patterns.denial_burst
         window = burst.minutes * 60.0
@@ -703,6 +710,28 @@ class ActivityUpdate:
 
     def apply(self, activity: Activity) -> None:
         activity.add(self.ts, self.amount, keep_amounts=self.keep)
+
+
+class TimeUpdate:
+    """A time row set by one check at `ts` (an `Updater`): a sighting (`seen_*`: a last-seen
+    time younger than `SEEN_REFRESH_S` stays as it is) or, with `latest`, a change of a payee's
+    bank details (`payee_bank`: the latest change is kept). When it changes the row, the new
+    value is `round(ts, 3)`."""
+
+    __slots__ = ("expires", "latest", "ts")
+
+    def __init__(self, ts: float, expires: float, *, latest: bool = False) -> None:
+        self.ts = ts
+        self.expires = expires
+        self.latest = latest
+
+    def __call__(self, old: float | None) -> tuple[Any, float] | None:
+        ts = self.ts
+        if old is not None:
+            unchanged = old >= ts if self.latest else 0.0 <= ts - old < SEEN_REFRESH_S
+            if unchanged:
+                return None
+        return round(ts, 3), self.expires
 
 
 def _copy(old: Activity | None) -> Activity:
