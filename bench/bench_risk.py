@@ -37,10 +37,13 @@
    it. Also `assess` alone, and what the folds cost per check folded.
 
 Run: `.venv/bin/python -m bench risk` (about 50 s here) or `… risk --quick`. Flags with a
-value take `=`: `--past=N`; `--database-url=postgresql://…` runs everything against
-PostgreSQL (an empty or migrated database); `--sqlite-tuning` adds the proposed page cache
-and mmap pragmas. Nothing is asserted; `tests/risk/test_bench_risk.py` runs the builders at
-tiny sizes.
+value take `=`: `--past=N`; `--people=N` (20,000 by default; 500 keep every row in memory and
+in the CPU's caches, to see what the size of the working set costs); `--fold-paths=N` also
+times a fold that takes the rows kept current from memory against one that reads every row
+(the journal before 2026-12-07), in N alternating rounds;
+`--database-url=postgresql://…` runs everything against PostgreSQL (an empty or migrated
+database); `--sqlite-tuning` adds the proposed page cache and mmap pragmas. Nothing is
+asserted; `tests/risk/test_bench_risk.py` runs the builders at tiny sizes.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ from clearance.policy import Engine, Request, load_policy
 from clearance.policy.load import load_policy_texts
 from clearance.risk import RiskEngine
 from clearance.risk.activity import EPOCH, Activity
+from clearance.risk.journal import Journal
 from clearance.risk.store import (
     ACTOR_ACTION,
     AGENT_ACTION,
@@ -620,11 +624,37 @@ def prepare(
     return db, pop, figures
 
 
+async def measure_fold_paths(bench: Bench, rounds: int, checks: int = 800) -> dict[str, float]:
+    """A fold's cost per check folded, taking the rows kept current from memory (`kept`, as
+    the journal does) or reading every row, as it did before (`read`: `_kept_for_fold`
+    replaced by one that takes none); the same process and rows, in alternating rounds of
+    `checks` checks each folded whole. Medians of the rounds, µs."""
+    real = Journal._kept_for_fold
+    spent: dict[str, list[float]] = {"kept": [], "read": []}
+    try:
+        for r in range(rounds):
+            for mode in ("kept", "read") if r % 2 else ("read", "kept"):
+                Journal._kept_for_fold = real if mode == "kept" else _take_none  # type: ignore[method-assign]
+                for _ in range(checks):
+                    await bench.with_risk(bench.next_request())
+                started = time.perf_counter_ns()
+                counted = await bench.fold(bench.risk)
+                spent[mode].append((time.perf_counter_ns() - started) / max(1, counted) / 1000)
+    finally:
+        Journal._kept_for_fold = real  # type: ignore[method-assign]
+    return {mode: statistics.median(values) for mode, values in spent.items()}
+
+
+def _take_none(self: Journal, *_: Any) -> dict[Any, Any]:
+    return {}
+
+
 async def run_checks(
-    db: Database, pop: Population, risk: RiskEngine, sizes: Sizes
-) -> tuple[dict[str, Stats], Stats, dict[str, int], list[tuple[int, int, int]]]:
+    db: Database, pop: Population, risk: RiskEngine, sizes: Sizes, *, fold_paths: int = 0
+) -> tuple[dict[str, Stats], Stats, dict[str, int], list[tuple[int, int, int]], dict[str, float]]:
     engine = Engine(load_policy(ENTERPRISE))
     bench = Bench(db, pop, risk, engine)
+    paths: dict[str, float] = {}
     try:
         results = await measure(bench, sizes)
         cache = risk.cache
@@ -632,9 +662,11 @@ async def run_checks(
         bench.effects["cache hit %"] = round(100 * cache.hits / looked) if looked else 0
         folds = list(bench.folds)
         alone = measure_alone(bench, sizes.alone)
+        if fold_paths:
+            paths = await measure_fold_paths(bench, fold_paths)
     finally:
         await bench.aclose()
-    return results, alone, bench.effects, folds
+    return results, alone, bench.effects, folds, paths
 
 
 def tune_sqlite(db: Database) -> None:
@@ -652,7 +684,14 @@ def tune_sqlite(db: Database) -> None:
             cursor.close()
 
 
-def run(sizes: Sizes, url: str | None, label: str, *, sqlite_tuning: bool = False) -> int:
+def run(
+    sizes: Sizes,
+    url: str | None,
+    label: str,
+    *,
+    sqlite_tuning: bool = False,
+    fold_paths: int = 0,
+) -> int:
     risk = RiskEngine()
     with tempfile.TemporaryDirectory(prefix="bench-risk-") as tmp:
         target = url or f"sqlite:///{tmp}/risk.db"
@@ -672,7 +711,9 @@ def run(sizes: Sizes, url: str | None, label: str, *, sqlite_tuning: bool = Fals
             size = Path(str(db.sync_engine.url.database)).stat().st_size
             print(f"  database file: {size / 1e6:.0f} MB")
         try:
-            results, reads, effects, folds = asyncio.run(run_checks(db, pop, risk, sizes))
+            results, reads, effects, folds, paths = asyncio.run(
+                run_checks(db, pop, risk, sizes, fold_paths=fold_paths)
+            )
         finally:
             db.dispose()
     decisions = dict(sorted(effects.items()))
@@ -700,6 +741,12 @@ def run(sizes: Sizes, url: str | None, label: str, *, sqlite_tuning: bool = Fals
             f"  folds while measuring: {len(folds)} writer units of {counted:,} checks in all, "
             f"{spent / len(folds):,.0f} µs each (the longest {max(f[1] for f in folds) / 1000:,.0f}"
             f" µs): {fold_us:.1f} µs ({fold_cpu_us:.1f} µs CPU) a check folded"
+        )
+    if paths:
+        print(
+            f"  a fold, per check folded, over {fold_paths} rounds: {paths['kept']:.1f} µs taking "
+            f"the rows kept current from memory vs {paths['read']:.1f} µs reading every row "
+            f"({paths['kept'] / paths['read']:.2f} ×)"
         )
     if "gateway+risk" in results:
         plain, risky = results["gateway"], results["gateway+risk"]
@@ -742,12 +789,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--sqlite-tuning", action="store_true", help="the proposed SQLite cache and mmap pragmas"
     )
+    parser.add_argument(
+        "--fold-paths",
+        type=int,
+        default=0,
+        help="also time a fold taking kept rows from memory against one reading every row, "
+        "in this many alternating rounds of 800 checks (e.g. 30)",
+    )
+    parser.add_argument(
+        "--people",
+        type=int,
+        default=None,
+        help="how many people make the checks (20,000): fewer keep every row hot in memory",
+    )
     args, _ = parser.parse_known_args(list(argv) if argv is not None else sys.argv[1:])
     sizes = QUICK if args.quick else FULL
     if args.past is not None:
         sizes = dataclasses.replace(sizes, past=args.past)
+    if args.fold_paths < 0:
+        parser.error("--fold-paths is a number of rounds (0: skip)")
+    if args.people is not None:
+        if args.people < 2:
+            parser.error("--people must be at least 2 (checks alternate between two halves)")
+        sizes = dataclasses.replace(sizes, people=args.people)
     label = "quick" if args.quick else "full"
-    return run(sizes, args.database_url, label, sqlite_tuning=args.sqlite_tuning)
+    if args.people is not None:
+        label += f", {sizes.people:,} people"
+    return run(
+        sizes,
+        args.database_url,
+        label,
+        sqlite_tuning=args.sqlite_tuning,
+        fold_paths=args.fold_paths,
+    )
 
 
 __all__ = ["main"]

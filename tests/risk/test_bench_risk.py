@@ -20,6 +20,7 @@ from bench.bench_risk import (
     Population,
     bulk_insert,
     measure,
+    measure_fold_paths,
     prepare,
     simulate,
 )
@@ -120,3 +121,31 @@ async def test_every_variant_runs_and_checks_are_decided(tmp_path: Path) -> None
     assert all(r.n == TINY.rounds * TINY.per_round for r in results.values())
     assert set(bench.effects) <= {"allow", "approve", "deny", "block"}
     assert sum(bench.effects.values()) > 0
+
+
+def test_people_below_two_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--people` splits the checks between two halves of the population: it needs two."""
+    with pytest.raises(SystemExit) as stopped:
+        bench_risk.main(["--people=1"])
+    assert stopped.value.code == 2
+    assert "--people must be at least 2" in capsys.readouterr().err
+
+
+async def test_both_fold_paths_run_and_the_journal_is_left_as_it_was(tmp_path: Path) -> None:
+    """The fold comparison folds every check it makes both ways, times each, and puts the
+    journal's own way back."""
+    from clearance.risk.journal import Journal
+
+    real = Journal._kept_for_fold
+    risk = RiskEngine()
+    db, pop, _ = prepare(f"sqlite:///{tmp_path}/f.db", TINY, risk)
+    bench = Bench(db, pop, risk, Engine(load_policy(ENTERPRISE)))
+    try:
+        await bench.fold(risk)
+        paths = await measure_fold_paths(bench, 2, checks=20)
+        assert risk.journal.pending == 0
+    finally:
+        await bench.aclose()
+        db.dispose()
+    assert set(paths) == {"kept", "read"} and all(v > 0 for v in paths.values())
+    assert Journal._kept_for_fold is real
