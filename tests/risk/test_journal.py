@@ -672,3 +672,117 @@ async def test_a_fold_of_part_of_the_checks_does_not_take_the_rows_kept(
         assert fresh.assess(req, at(6)) == mine
     finally:
         await fresh.writer.aclose()
+
+
+CONCURRENT_POLICY = """
+version: 1
+policies:
+  default: allow
+risk: {}
+"""
+
+
+async def test_concurrent_checks_with_background_folds_count_each_check_once(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Waves of concurrent checks through the gateway, a background fold starting whenever
+    one may (on PostgreSQL it runs in the writer's thread while the event loop notes checks):
+    the rows stored, and the gateway's own view, count every check exactly once."""
+    import asyncio
+    import random
+
+    import clearance.risk.journal as journal
+
+    monkeypatch.setattr(journal, "FOLD_INTERVAL_S", 0.0)  # fold as often as it can
+    policy = tmp_path / "p.yaml"
+    policy.write_text(CONCURRENT_POLICY)
+    clock = FrozenClock(T0)
+    gateway = Gateway.open(policy, database_url=db_url, clock=clock)
+    rng = random.Random(7)
+    people = ["ann", "bo", "cy"]
+    made: dict[str, list[float]] = {p: [] for p in people}
+
+    def payment(person: str) -> Request:
+        amount = float(rng.randrange(1, 100))
+        made[person].append(amount)
+        context = {"geo": rng.choice(["US", "FR"]), "device_id": f"d{rng.randrange(3)}"}
+        params = {"amount": amount, "payee_id": f"p{rng.randrange(4)}"}
+        return Request("pay", params, {"user": person, "agent": "bot"}, context)
+
+    try:
+        for _ in range(15):
+            wave = [payment(rng.choice(people)) for _ in range(8)]
+            await asyncio.gather(*(gateway.check(r) for r in wave))
+            clock.advance(seconds=1)
+        risk = gateway.risk
+        assert risk is not None
+        assert risk.journal.folded_entries > 0  # folds ran while checks were being made
+        await gateway.fold_risk()
+        assert risk.journal.pending == 0
+        with gateway.db.connect() as conn:
+            own = {p: risk.assessment(conn, probe(p), clock()).risk for p in people}
+    finally:
+        await gateway.aclose()
+    fresh = Process(gateway.db, "fresh")
+    try:
+        for person in people:
+            stored_view = fresh.assess(probe(person), clock())
+            assert stored_view["velocity_24h"] == len(made[person]) + 1
+            assert stored_view["amount_24h"] == pytest.approx(sum(made[person]) + 1)
+            assert own[person]["velocity_24h"] == stored_view["velocity_24h"]
+            assert own[person]["amount_24h"] == pytest.approx(stored_view["amount_24h"])
+    finally:
+        await fresh.writer.aclose()
+
+
+def probe(person: str) -> Request:
+    """A payment of 1 by `person`, to assess (never made)."""
+    return Request("pay", {"amount": 1}, {"user": person, "agent": "bot"}, {})
+
+
+async def test_a_check_noted_during_a_fold_is_not_counted_into_what_it_writes(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL a fold runs in the writer's thread while the event loop notes checks
+    committed before it. A check beyond the fold's range noted in the middle of it counts
+    itself into the row kept; the fold writes the row as it took it, so that check is stored
+    once, by the next fold, and counted once in memory."""
+    import clearance.risk.journal as journal
+
+    p = Process(database, "p")
+    req = request(amount=10, geo="US")
+    try:
+        await p.check(req, at(0))
+        await p.fold(at(1))
+        await p.check(req, at(2))
+        with database.connect() as conn:  # a third check, committed; its note comes late
+            late = p.engine.assessment(conn, req, at(3))
+        data = {"risk": {"score": 0, "f": p.engine.journal_entry(late)}}
+        entry = await p.writer.append(
+            AuditDraft(kind=Kind.CHECK, ts=at(3), action=req.action, effect="allow", data=data)
+        )
+        real = journal.select_rows
+        noted: list[int] = []
+
+        def noting_meanwhile(conn: Any, keys: Any) -> Any:
+            if not noted:  # the event loop, meanwhile
+                p.engine.note(entry.seq, late, "allow", at(3))
+                noted.append(entry.seq)
+            return real(conn, keys)
+
+        monkeypatch.setattr(journal, "select_rows", noting_meanwhile)
+        # only the second check (the first was folded); the third is beyond this fold
+        result = await p.writer.run(lambda tx: p.engine.journal.fold(tx, at(4), limit=1))
+        monkeypatch.setattr(journal, "select_rows", real)
+        p.engine.folded(result)
+        assert noted and result.entries == 1 and result.more
+        assert await p.fold(at(5)) == 1
+        mine = p.assess(req, at(6))
+        assert mine["velocity_1m"] == 4
+    finally:
+        await p.writer.aclose()
+    fresh = Process(database, "fresh")
+    try:
+        assert fresh.assess(req, at(6))["velocity_1m"] == 4
+    finally:
+        await fresh.writer.aclose()
