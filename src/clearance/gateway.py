@@ -15,7 +15,7 @@ import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy.exc import IntegrityError
@@ -33,6 +33,9 @@ from .policy.model import Controls
 from .store.database import Database, open_database
 from .store.errors import StoreUnavailable
 from .store.reads import read
+
+if TYPE_CHECKING:  # the risk package loads only with a `risk:` section (`risk_engine`)
+    from .risk import Assessment, RiskEngine
 
 log = structlog.get_logger("clearance.gateway")
 
@@ -178,27 +181,7 @@ class Gateway:
         assessment: Any = None
         journal: list[Any] | None = None
         if risk is not None:
-            if risk.journal.never_folded:
-                # A crashed predecessor's last checks, before this process's first: until
-                # they are counted the signals would read low, so a failed fold fails the
-                # check closed (the next check tries again).
-                try:
-                    await self.fold_risk()
-                except StoreUnavailable:
-                    raise
-                except Exception as exc:
-                    log.warning("risk_fold_failed", error=str(exc))
-                    raise StoreUnavailable(
-                        "the risk history could not be brought up to date; nothing was "
-                        "allowed: retry"
-                    ) from exc
-            # Risk signals, from the store's own history, before evaluation: from the rows kept
-            # in memory when they are all there, else one indexed read.
-            assessment = risk.kept_assessment(request, now)
-            if assessment is None:
-                assessment = await read(
-                    self.db, lambda c: risk.assessment(c, request, now, count=False)
-                )
+            assessment = await self._assess_risk(risk, request, now)
             request = request.with_risk(assessment.risk)
             journal = risk.journal_entry(assessment)
         decision = self.engine.evaluate(request)
@@ -385,6 +368,33 @@ class Gateway:
 
         return await asyncio.to_thread(warm)
 
+    async def _assess_risk(
+        self, risk: RiskEngine, request: Request, now: datetime, *, counted: bool = False
+    ) -> Assessment:
+        """The risk signals of `request`, from the store's own history, before evaluation: from
+        the rows kept in memory when they are all there, else one indexed read. `counted`: the
+        request was checked before (a release), so the windows already count it."""
+        if risk.journal.never_folded:
+            # A crashed predecessor's last checks, before this process's first: until they are
+            # counted the signals would read low, so a failed fold fails the call closed (the
+            # next one tries again).
+            try:
+                await self.fold_risk()
+            except StoreUnavailable:
+                raise
+            except Exception as exc:
+                log.warning("risk_fold_failed", error=str(exc))
+                raise StoreUnavailable(
+                    "the risk history could not be brought up to date; nothing was allowed: retry"
+                ) from exc
+        assessment = risk.kept_assessment(request, now, counted=counted)
+        if assessment is None:
+            assessment = await read(
+                self.db,
+                lambda c: risk.assessment(c, request, now, count=False, counted=counted),
+            )
+        return assessment
+
     async def fold_risk(self) -> int | None:
         """Count the checks not yet in the risk rows into them (`clearance.risk.journal`):
         every chain's, this process's and any other's (a crashed one's included). How many
@@ -418,8 +428,10 @@ class Gateway:
         self, approval_id: str, action: str, params: dict[str, Any], actor: dict[str, str]
     ) -> StoredApproval:
         """The agent claims an approved call (exactly the call approved, only once), under the
-        policy loaded *now*: a block or deny rule added since the approval wins, and the
-        refusal is audited (the approval stays unused)."""
+        policy loaded *now* and the risk signals of now (the call counted once, by its check):
+        a block or deny rule added since the approval, or one that matches now (a payee whose
+        bank details changed since, say), wins, and the refusal is audited (the approval
+        stays unused)."""
         stored = await self.approvals.get(approval_id)
         request = Request(
             action=action,
@@ -428,13 +440,23 @@ class Gateway:
             context=dict(stored.context),
             labels=tuple(stored.labels),
         )
+        now = self.clock()
+        risk = self.risk
+        if risk is not None:
+            # The risk signals of this moment (the call itself counted once, by its check): a
+            # payee whose bank details changed since the approval, say, is caught here.
+            assessment = await self._assess_risk(risk, request, now, counted=True)
+            request = request.with_risk(assessment.risk)
         now_says = self.engine.evaluate(request)
         if now_says.effect in (Effect.BLOCK, Effect.DENY):
             why = "; ".join(now_says.reasons) or f"the policy says {now_says.effect.value}"
+            data: dict[str, Any] = {"reasons": list(now_says.reasons)}
+            if request.risk is not None:
+                data["risk"] = {k: request.risk.get(k) for k in ("score", "reasons", "patterns")}
             await self.writer.append(
                 AuditDraft(
                     kind="approval.release_refused",
-                    ts=self.clock(),
+                    ts=now,
                     actor=actor.get("user") or actor.get("agent"),
                     action=action,
                     params_hash=params_hash(stored.approval.params),
@@ -442,7 +464,7 @@ class Gateway:
                     rule_ids=now_says.rules,
                     policy_version=now_says.policy_version,
                     approval_id=approval_id,
-                    data={"reasons": list(now_says.reasons)},
+                    data=data,
                 )
             )
             raise ApprovalError(

@@ -10,7 +10,9 @@ import pytest
 from clearance.policy.celfast import plain_inputs
 from clearance.policy.model import Request
 from clearance.risk import neutral_risk
-from clearance.risk.signals import History, robust_z
+from clearance.risk.facts import facts_of
+from clearance.risk.settings import RiskSettings
+from clearance.risk.signals import History, compute, robust_z
 
 from .helpers import T0, activity, request, risk, settings
 
@@ -157,6 +159,20 @@ def test_velocity_counts_this_request_and_fires_only_above_the_limit() -> None:
     assert r["reasons"] == [
         "carol asked for payments.transfer 6 times in the last minute (limit 5)"
     ]
+
+
+def test_a_request_already_counted_is_not_counted_again() -> None:
+    """An approved call being released was counted by its check: the windows, the agent's and
+    the 24 h amount read what the history holds, without adding it a second time."""
+    cfg = RiskSettings()
+    five = activity(*((T0 + timedelta(seconds=i), 100.0) for i in range(5)))
+    req = request(amount=100)
+    history = History(actor_activity=five, agent_activity=five)
+    now = T0 + timedelta(seconds=10)
+    again = compute(facts_of(req, cfg), history, now, cfg, counted=True)
+    assert (again["velocity_1m"], again["agent_velocity_1m"], again["amount_24h"]) == (5, 5, 500)
+    fresh = compute(facts_of(req, cfg), history, now, cfg)
+    assert (fresh["velocity_1m"], fresh["agent_velocity_1m"], fresh["amount_24h"]) == (6, 6, 600)
 
 
 def test_velocity_slides_out_of_the_minute_but_not_the_hour() -> None:

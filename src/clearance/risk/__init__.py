@@ -127,24 +127,39 @@ class RiskEngine:
 
     # -- the two halves of a check -------------------------------------------------------------
     def assessment(
-        self, conn: Connection, request: RequestLike, now: datetime, *, count: bool = True
+        self,
+        conn: Connection,
+        request: RequestLike,
+        now: datetime,
+        *,
+        count: bool = True,
+        counted: bool = False,
     ) -> Assessment:
         """Read the request's history (one statement, none when its rows are kept in memory)
         and compute its `risk` map. This process's checks not yet folded are counted in.
-        `count`: in the row cache's figures (not after `kept_assessment` counted them)."""
-        found = self._assess(conn, request, now, count)
+        `count`: in the row cache's figures (not after `kept_assessment` counted them).
+        `counted`: the request was checked before (an approved call being released), so the
+        velocity windows and the 24 h amount already count it."""
+        found = self._assess(conn, request, now, count, counted)
         if found is None:  # pragma: no cover - with a connection every row can be read
             raise RuntimeError("the risk history could not be read")
         return found
 
-    def kept_assessment(self, request: RequestLike, now: datetime) -> Assessment | None:
+    def kept_assessment(
+        self, request: RequestLike, now: datetime, *, counted: bool = False
+    ) -> Assessment | None:
         """The assessment from the rows kept in memory, without a connection; None when a row
         must be read (then `assessment(conn, …, count=False)`). Most checks need no read, and
         on PostgreSQL even an unused connection costs a pool checkout."""
-        return self._assess(None, request, now, True)
+        return self._assess(None, request, now, True, counted)
 
     def _assess(
-        self, conn: Connection | None, request: RequestLike, now: datetime, count: bool
+        self,
+        conn: Connection | None,
+        request: RequestLike,
+        now: datetime,
+        count: bool,
+        counted: bool = False,
     ) -> Assessment | None:
         if not self.settings.enabled:
             return Assessment(neutral_risk())
@@ -152,9 +167,8 @@ class RiskEngine:
         history = self.journal.history(conn, facts, count=count)
         if history is None:
             return None
-        return Assessment(
-            compute(facts, history, now, self.settings, self.time_zones), facts, history
-        )
+        risk = compute(facts, history, now, self.settings, self.time_zones, counted=counted)
+        return Assessment(risk, facts, history)
 
     def assess(self, conn: Connection, request: RequestLike, now: datetime) -> dict[str, Any]:
         """The `risk` map for CEL: every signal, `score` and `reasons`."""

@@ -95,8 +95,13 @@ def compute(
     now: datetime,
     settings: RiskSettings,
     time_zones: Mapping[str, str] | None = None,
+    *,
+    counted: bool = False,
 ) -> dict[str, Any]:
-    """The `risk` map for a request with `facts`, given `history`, at `now` (aware)."""
+    """The `risk` map for a request with `facts`, given `history`, at `now` (aware).
+
+    `counted`: the request is already in `history` (an approved call being released, checked
+    before): the velocity windows and the 24 h amount do not count it a second time."""
     zones = settings.time_zones if time_zones is None else time_zones
     ts = now.timestamp()
     weights = settings.effective_weights
@@ -114,13 +119,14 @@ def compute(
     amount = facts.amount
     velocity = agent_velocity = (0, 0, 0)
     amount_24h = 0.0
+    this = 0 if counted else 1
     if facts.actor is not None:
         totals = history.actor_activity.totals(ts) if history.actor_activity else _NONE
-        velocity = (totals[0] + 1, totals[1] + 1, totals[2] + 1)
-        amount_24h = totals[3] + (amount if amount is not None else 0.0)
+        velocity = (totals[0] + this, totals[1] + this, totals[2] + this)
+        amount_24h = totals[3] + (amount if amount is not None and this else 0.0)
     if facts.agent is not None:
         totals = history.agent_activity.totals(ts) if history.agent_activity else _NONE
-        agent_velocity = (totals[0] + 1, totals[1] + 1, totals[2] + 1)
+        agent_velocity = (totals[0] + this, totals[1] + this, totals[2] + this)
     over = _over(velocity, settings.velocity_limits)
     agent_over = _over(agent_velocity, settings.agent_velocity_limits)
     if over or agent_over:
