@@ -453,20 +453,41 @@ class Gateway:
             data: dict[str, Any] = {"reasons": list(now_says.reasons)}
             if request.risk is not None:
                 data["risk"] = {k: request.risk.get(k) for k in ("score", "reasons", "patterns")}
-            await self.writer.append(
-                AuditDraft(
-                    kind="approval.release_refused",
-                    ts=now,
-                    actor=actor.get("user") or actor.get("agent"),
-                    action=action,
-                    params_hash=params_hash(stored.approval.params),
-                    effect=now_says.effect.value,
-                    rule_ids=now_says.rules,
-                    policy_version=now_says.policy_version,
-                    approval_id=approval_id,
-                    data=data,
-                )
+            entry = AuditDraft(
+                kind="approval.release_refused",
+                ts=now,
+                actor=actor.get("user") or actor.get("agent"),
+                action=action,
+                params_hash=params_hash(stored.approval.params),
+                effect=now_says.effect.value,
+                rule_ids=now_says.rules,
+                policy_version=now_says.policy_version,
+                approval_id=approval_id,
+                data=data,
             )
+            if now_says.effect is Effect.BLOCK and now_says.alert and self.on_alert:
+                # As a blocked check alerts: in the refusal's own transaction.
+                alert = {
+                    "action": action,
+                    "reasons": [
+                        *now_says.reasons,
+                        f"the call was approved (request {approval_id}) and refused when the "
+                        "agent claimed it",
+                    ],
+                    "requester": actor.get("user"),
+                    "agent": actor.get("agent"),
+                    "decision_id": now_says.decision_id,
+                }
+                people = now_says.alert
+
+                def refuse(tx: WriteTx) -> None:
+                    tx.audit(entry)
+                    for hook in self.on_alert:
+                        hook(tx, people, alert, now)
+
+                await self.writer.run(refuse)
+            else:
+                await self.writer.append(entry)
             raise ApprovalError(
                 "policy_refuses",
                 f"the policy loaded now {now_says.effect.value}s this call, so its approval "

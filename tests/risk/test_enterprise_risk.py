@@ -85,3 +85,37 @@ async def test_a_payment_after_a_bank_detail_change_is_blocked_and_alerts(gw: Ga
     assert paid.decision.effect.value == "block"
     assert "payee-bank-change-block" in paid.decision.rules
     assert alerts and alerts[-1][0] == ("frank", "sam")
+
+
+async def test_an_approved_payment_is_stopped_if_the_bank_details_change_before_release(
+    gw: Gateway,
+) -> None:
+    """A manager approves a transfer to acme; then acme's bank details are changed; when the
+    agent claims the approved transfer, the block rule matches on the signals of that moment:
+    the claim is refused, nothing is released, and the security group is alerted."""
+    from clearance.approvals.service import ApprovalError
+
+    alerts: list[tuple[tuple[str, ...], dict[str, object]]] = []
+    gw.on_alert.append(lambda _tx, to, alert, _now: alerts.append((tuple(to), alert)))
+    payment = _transfer(1200, payee_id="acme")
+    held = await gw.check(payment)
+    assert held.decision.effect.value == "approve" and held.approval is not None
+    approval_id = held.approval.approval.id
+    manager = held.approval.approval.plan.stages[0].requirements[0].approvers[0]
+    await gw.approvals.decide(approval_id, person=manager, decision="approve")
+    change = Request(
+        "procurement.change_supplier_terms",
+        {"supplier_id": "acme", "changes": ["bank_details"], "iban": "DE00 0000"},
+        {"user": "mallory", "agent": "procurement-bot"},
+    )
+    await gw.check(change)
+    assert not alerts
+    with pytest.raises(ApprovalError) as refused:
+        await gw.release(approval_id, payment.action, payment.params, payment.actor)
+    assert refused.value.code == "policy_refuses"
+    assert (await gw.approvals.get(approval_id)).approval.released_at is None
+    assert alerts and alerts[-1][0] == ("frank", "sam")
+    reasons = alerts[-1][1]["reasons"]
+    assert isinstance(reasons, list)
+    assert any("payee-bank-change-block" in r for r in reasons)
+    assert any(approval_id in r and "claimed" in r for r in reasons)
