@@ -71,6 +71,12 @@ class Process:
             return self.engine.assess(conn, req, at)
 
 
+def afresh(db: Database, req: Request, when: datetime) -> dict[str, Any]:
+    """The risk map a process with nothing in memory reads from the store."""
+    with db.connect() as conn:
+        return RiskEngine(chain_id="fresh").assess(conn, req, when)
+
+
 def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
@@ -604,14 +610,10 @@ async def test_a_fold_writes_the_rows_kept_without_reading_them(
         mine = p.assess(req, at(3 * 3600 + 2))
     finally:
         await p.writer.aclose()
-    fresh = Process(database, "fresh")
-    try:
-        theirs = fresh.assess(req, at(3 * 3600 + 2))
-        assert theirs == mine
-        assert theirs["velocity_24h"] == 5 and theirs["amount_24h"] == 100
-        assert not (theirs["new_geo"] or theirs["new_device"] or theirs["new_payee"])
-    finally:
-        await fresh.writer.aclose()
+    theirs = afresh(database, req, at(3 * 3600 + 2))
+    assert theirs == mine
+    assert theirs["velocity_24h"] == 5 and theirs["amount_24h"] == 100
+    assert not (theirs["new_geo"] or theirs["new_device"] or theirs["new_payee"])
 
 
 async def test_a_kept_row_written_through_meanwhile_is_read_and_redone(
@@ -634,12 +636,8 @@ async def test_a_kept_row_written_through_meanwhile_is_read_and_redone(
         assert stored(database)[counter] == 3
     finally:
         await p.writer.aclose()
-    fresh = Process(database, "fresh")
-    try:
-        r = fresh.assess(req, at(5))
-        assert r["velocity_1m"] == 4 and r["amount_24h"] == 80  # 3 counted, and this one
-    finally:
-        await fresh.writer.aclose()
+    r = afresh(database, req, at(5))
+    assert r["velocity_1m"] == 4 and r["amount_24h"] == 80  # 3 counted, and this one
 
 
 async def test_a_fold_of_part_of_the_checks_does_not_take_the_rows_kept(
@@ -667,11 +665,7 @@ async def test_a_fold_of_part_of_the_checks_does_not_take_the_rows_kept(
         assert mine["velocity_1m"] == 5
     finally:
         await p.writer.aclose()
-    fresh = Process(database, "fresh")
-    try:
-        assert fresh.assess(req, at(6)) == mine
-    finally:
-        await fresh.writer.aclose()
+    assert afresh(database, req, at(6)) == mine
 
 
 CONCURRENT_POLICY = """
@@ -723,16 +717,12 @@ async def test_concurrent_checks_with_background_folds_count_each_check_once(
             own = {p: risk.assessment(conn, probe(p), clock()).risk for p in people}
     finally:
         await gateway.aclose()
-    fresh = Process(gateway.db, "fresh")
-    try:
-        for person in people:
-            stored_view = fresh.assess(probe(person), clock())
-            assert stored_view["velocity_24h"] == len(made[person]) + 1
-            assert stored_view["amount_24h"] == pytest.approx(sum(made[person]) + 1)
-            assert own[person]["velocity_24h"] == stored_view["velocity_24h"]
-            assert own[person]["amount_24h"] == pytest.approx(stored_view["amount_24h"])
-    finally:
-        await fresh.writer.aclose()
+    for person in people:
+        stored_view = afresh(gateway.db, probe(person), clock())
+        assert stored_view["velocity_24h"] == len(made[person]) + 1
+        assert stored_view["amount_24h"] == pytest.approx(sum(made[person]) + 1)
+        assert own[person]["velocity_24h"] == stored_view["velocity_24h"]
+        assert own[person]["amount_24h"] == pytest.approx(stored_view["amount_24h"])
 
 
 def probe(person: str) -> Request:
@@ -781,8 +771,4 @@ async def test_a_check_noted_during_a_fold_is_not_counted_into_what_it_writes(
         assert mine["velocity_1m"] == 4
     finally:
         await p.writer.aclose()
-    fresh = Process(database, "fresh")
-    try:
-        assert fresh.assess(req, at(6))["velocity_1m"] == 4
-    finally:
-        await fresh.writer.aclose()
+    assert afresh(database, req, at(6)) == mine
