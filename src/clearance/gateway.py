@@ -452,7 +452,7 @@ class Gateway:
             why = "; ".join(now_says.reasons) or f"the policy says {now_says.effect.value}"
             data: dict[str, Any] = {"reasons": list(now_says.reasons)}
             if request.risk is not None:
-                data["risk"] = {k: request.risk.get(k) for k in ("score", "reasons", "patterns")}
+                data["risk"] = _risk_summary(request.risk)
             entry = AuditDraft(
                 kind="approval.release_refused",
                 ts=now,
@@ -589,6 +589,11 @@ def database_url_from(policy: Policy) -> str:
     return str(url) if url else DEFAULT_DATABASE_URL
 
 
+def _risk_summary(risk: dict[str, Any]) -> dict[str, Any]:
+    """What an audit entry keeps of the risk map: the score, the reasons, the patterns."""
+    return {k: risk.get(k) for k in ("score", "reasons", "patterns")}
+
+
 def _check_data(
     decision: Decision,
     request: Request,
@@ -611,7 +616,7 @@ def _check_data(
     if decision.alert:
         data["alert"] = list(decision.alert)
     if request.risk is not None:
-        data["risk"] = {k: request.risk.get(k) for k in ("score", "reasons", "patterns")}
+        data["risk"] = _risk_summary(request.risk)
         if journal is not None:  # the facts the risk signals count: folded from here
             data["risk"]["f"] = journal
     if idempotency_key:
