@@ -178,3 +178,33 @@ async def test_the_released_call_is_not_counted_twice(tmp_path: Path, db_url: st
         assert again.decision.rules == ("busy",)
     finally:
         await gateway.aclose()
+
+
+async def test_a_release_fails_closed_until_the_risk_history_is_up_to_date(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restarted gateway whose first call is a release folds what its predecessor left
+    before judging it; while that fold fails, the release fails (503), and nothing is
+    released; the next claim, with the fold done, releases the call."""
+    from clearance.store.errors import StoreUnavailable
+
+    first, approval_id = await _approved_payment(tmp_path, db_url)
+    await first.aclose()
+    gateway = Gateway.open(tmp_path / "risky.yaml", database_url=db_url)
+    real = gateway.fold_risk
+    failures = [RuntimeError("a bug in the fold")]
+
+    async def fold() -> int | None:
+        if failures:
+            raise failures.pop(0)
+        return await real()
+
+    monkeypatch.setattr(gateway, "fold_risk", fold)
+    try:
+        with pytest.raises(StoreUnavailable, match="risk history could not be brought up"):
+            await gateway.release(approval_id, "payments.transfer", PAY, ACTOR)
+        assert (await gateway.approvals.get(approval_id)).approval.released_at is None
+        stored = await gateway.release(approval_id, "payments.transfer", PAY, ACTOR)
+        assert stored.approval.released_at is not None
+    finally:
+        await gateway.aclose()
