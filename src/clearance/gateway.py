@@ -256,12 +256,7 @@ class Gateway:
                 "decision_id": decision.decision_id,
             }
 
-            def block(tx: WriteTx) -> None:
-                seqs.append(tx.audit(entry).seq)
-                for hook in self.on_alert:
-                    hook(tx, decision.alert, alert, now)
-
-            await self.writer.run(block)
+            seqs.append(await self._audit_alerting(entry, decision.alert, alert, now))
             result = CheckResult(decision)
         elif decision.effect is not Effect.APPROVE or decision.approval is None:
             # (allowed by a standing grant, or denied as remembered, lands here too)
@@ -395,6 +390,20 @@ class Gateway:
             )
         return assessment
 
+    async def _audit_alerting(
+        self, entry: AuditDraft, people: tuple[str, ...], alert: dict[str, Any], now: datetime
+    ) -> int:
+        """Audit a blocked call and alert `people` about it (`on_alert`), in one transaction:
+        the alert is queued only if the entry is written. The entry's seq."""
+
+        def unit(tx: WriteTx) -> int:
+            seq = tx.audit(entry).seq
+            for hook in self.on_alert:
+                hook(tx, people, alert, now)
+            return seq
+
+        return await self.writer.run(unit)
+
     async def fold_risk(self) -> int | None:
         """Count the checks not yet in the risk rows into them (`clearance.risk.journal`):
         every chain's, this process's and any other's (a crashed one's included). How many
@@ -466,7 +475,7 @@ class Gateway:
                 data=data,
             )
             if now_says.effect is Effect.BLOCK and now_says.alert and self.on_alert:
-                # As a blocked check alerts: in the refusal's own transaction.
+                # As a blocked check alerts.
                 alert = {
                     "action": action,
                     "reasons": [
@@ -478,14 +487,7 @@ class Gateway:
                     "agent": actor.get("agent"),
                     "decision_id": now_says.decision_id,
                 }
-                people = now_says.alert
-
-                def refuse(tx: WriteTx) -> None:
-                    tx.audit(entry)
-                    for hook in self.on_alert:
-                        hook(tx, people, alert, now)
-
-                await self.writer.run(refuse)
+                await self._audit_alerting(entry, now_says.alert, alert, now)
             else:
                 await self.writer.append(entry)
             raise ApprovalError(
