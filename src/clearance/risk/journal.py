@@ -397,26 +397,7 @@ class Journal:
             keys = sorted(by_key)
             stored = select_rows(conn, [k for k in keys if k not in kept])
             for attempt in range(2):
-                rows: list[tuple[Key, int, bytes, float]] = []
-                for key in keys:
-                    found = kept.get(key)
-                    if found is not None:
-                        version, value, until = found
-                        if until is not None:
-                            rows.append((key, version + 1, encode_value(key[0], value), until))
-                            version += 1
-                        written[key] = (version, value)
-                        continue
-                    version, value = stored[key]
-                    expires: float | None = None
-                    for update in by_key[key]:
-                        changed = _apply(update, value, True)  # read just now: ours to change
-                        if changed is not None:
-                            value, expires = changed
-                    if expires is not None:
-                        rows.append((key, version + 1, encode_value(key[0], value), expires))
-                        version += 1
-                    written[key] = (version, value)
+                rows = _rows_to_write(keys, by_key, kept, stored, written)
                 done = upsert_rows(conn, rows, ts)
                 if len(done) == len(rows):
                     break
@@ -623,6 +604,35 @@ def _counted(update: Updater, value: Any) -> Any:
     return value if changed is None else changed[0]
 
 
+def _rows_to_write(
+    keys: list[Key],
+    by_key: Mapping[Key, list[Updater]],
+    kept: Mapping[Key, tuple[int, Any, float | None]],
+    stored: Mapping[Key, tuple[int, Any]],
+    written: dict[Key, tuple[int, Any]],
+) -> list[tuple[Key, int, bytes, float]]:
+    """The fold's rows to upsert (key, new version, state, expires at), each row from the
+    kept value (`_kept_for_fold`) or the stored one with its checks counted in; every row
+    (written or not) goes into `written` as (version, value)."""
+    rows: list[tuple[Key, int, bytes, float]] = []
+    for key in keys:
+        found = kept.get(key)
+        if found is not None:
+            version, value, expires = found
+        else:
+            version, value = stored[key]
+            expires = None
+            for update in by_key[key]:
+                changed = _apply(update, value, True)  # read just now: ours to change
+                if changed is not None:
+                    value, expires = changed
+        if expires is not None:
+            version += 1
+            rows.append((key, version, encode_value(key[0], value), expires))
+        written[key] = (version, value)
+    return rows
+
+
 def _time_written(value: float, updates: list[Updater]) -> tuple[bool, float | None]:
     """(whether these are all time-row updates, the expiry of the last that set the row to
     `value`): a time row's value after its updates is the time of the last that changed it
@@ -632,7 +642,7 @@ def _time_written(value: float, updates: list[Updater]) -> tuple[bool, float | N
     for update in updates:
         if not isinstance(update, TimeUpdate):
             return False, None
-        if value == round(update.ts, 3):
+        if value == update.value:
             expires = update.expires
     return True, expires
 

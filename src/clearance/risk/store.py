@@ -716,22 +716,23 @@ class TimeUpdate:
     """A time row set by one check at `ts` (an `Updater`): a sighting (`seen_*`: a last-seen
     time younger than `SEEN_REFRESH_S` stays as it is) or, with `latest`, a change of a payee's
     bank details (`payee_bank`: the latest change is kept). When it changes the row, the new
-    value is `round(ts, 3)`."""
+    value is `value`, the time to the millisecond."""
 
-    __slots__ = ("expires", "latest", "ts")
+    __slots__ = ("expires", "latest", "ts", "value")
 
     def __init__(self, ts: float, expires: float, *, latest: bool = False) -> None:
         self.ts = ts
+        self.value = round(ts, 3)
         self.expires = expires
         self.latest = latest
 
     def __call__(self, old: float | None) -> tuple[Any, float] | None:
-        ts = self.ts
         if old is not None:
+            ts = self.ts
             unchanged = old >= ts if self.latest else 0.0 <= ts - old < SEEN_REFRESH_S
             if unchanged:
                 return None
-        return round(ts, 3), self.expires
+        return self.value, self.expires
 
 
 def _copy(old: Activity | None) -> Activity:
