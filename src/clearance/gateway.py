@@ -250,7 +250,7 @@ class Gateway:
         if decision.effect is Effect.BLOCK and decision.alert and self.on_alert:
             alert = {
                 "action": request.action,
-                "reasons": list(decision.reasons),
+                "reasons": [*decision.reasons, *_risk_reasons(request)],
                 "requester": request.actor.get("user"),
                 "agent": agent,
                 "decision_id": decision.decision_id,
@@ -451,6 +451,7 @@ class Gateway:
         )
         now = self.clock()
         risk = self.risk
+        assessment: Assessment | None = None
         if risk is not None:
             # The risk signals of this moment (the call itself counted once, by its check): a
             # payee whose bank details changed since the approval, say, is caught here.
@@ -480,6 +481,7 @@ class Gateway:
                     "action": action,
                     "reasons": [
                         *now_says.reasons,
+                        *_risk_reasons(request),
                         f"the call was approved (request {approval_id}) and refused when the "
                         "agent claimed it",
                     ],
@@ -495,7 +497,43 @@ class Gateway:
                 f"the policy loaded now {now_says.effect.value}s this call, so its approval "
                 f"cannot be used: {why}",
             )
-        return await self.approvals.release(approval_id, binding_hash(action, params, actor))
+        released = await self.approvals.release(approval_id, binding_hash(action, params, actor))
+        if assessment is not None:
+            await self._seen(assessment, released, now)
+        return released
+
+    async def _seen(self, assessment: Assessment, released: StoredApproval, now: datetime) -> None:
+        """An approved call was claimed: its country, device and payee that were new are known
+        from now on (a check makes them known only when allowed, so that a request still
+        waiting, or refused, never vouches for them). Recorded as a `risk.seen` audit entry,
+        folded like a check. Should it fail, the call stays released and they stay new (the
+        next request from there asks again): failing safe."""
+        risk = self.risk
+        quiet = assessment.risk
+        journal = risk.journal_entry(assessment) if risk is not None else None
+        if risk is None or journal is None:
+            return
+        if not (quiet.get("new_geo") or quiet.get("new_device") or quiet.get("new_payee")):
+            return  # all known already: nothing to record
+        call = released.approval
+        try:
+            entry = await self.writer.append(
+                AuditDraft(
+                    kind=Kind.RISK_SEEN,
+                    ts=now,
+                    actor=call.actor.get("user") or call.actor.get("agent"),
+                    action=call.action,
+                    params_hash=params_hash(call.params),
+                    approval_id=call.id,
+                    data={"risk": {"f": journal}},
+                )
+            )
+        except Exception as exc:
+            log.warning("risk_seen_failed", approval_id=call.id, error=str(exc))
+            return
+        from .risk.store import SEEN
+
+        self._noted(entry.seq, assessment, SEEN, now)
 
     async def report_check_result(
         self,
@@ -627,9 +665,10 @@ def _check_data(
 
 
 def _risk_reasons(request: Request) -> tuple[str, ...]:
-    """What the risk signals say, for the people who decide (nothing when all is quiet)."""
+    """What the risk signals say, for the people who decide and the people alerted (nothing
+    when all is quiet): the score and every reason, even those of signals weighted 0."""
     risk = request.risk or {}
-    if not risk.get("score"):
+    if not risk.get("score") and not risk.get("reasons"):
         return ()
     return (f"Risk score {risk['score']}/100: " + "; ".join(map(str, risk.get("reasons", []))),)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from clearance.audit.export import iter_entries
 from clearance.gateway import Gateway
 from clearance.policy import Request
 from clearance.testing import FrozenClock
@@ -33,14 +34,25 @@ def _transfer(amount: float, **context: str) -> Request:
     return Request("payments.transfer", params, {"user": "carol", "agent": "billing-bot"}, context)
 
 
-async def test_a_new_device_needs_the_manager_then_a_known_one_runs(gw: Gateway) -> None:
-    """Carol's first transfer from a device waits for her manager Alice; the next one from
-    the same device and country runs automatically; a new country asks Alice again."""
+async def test_a_new_device_needs_the_manager_until_a_call_from_it_is_approved(
+    gw: Gateway,
+) -> None:
+    """Carol's first transfer from a device waits for her manager Alice. Asking again while it
+    waits (the stolen-laptop case) waits too: a request not yet approved vouches for nothing.
+    Once Alice approves and the agent claims the call, the device and country are known and
+    the next transfer from them runs; a new country asks Alice again."""
     first = await gw.check(_transfer(100, geo="US", device_id="laptop-1"))
     assert first.decision.effect.value == "approve"
     assert first.decision.rules == ("new-location-or-device",)
     assert first.approval is not None
     assert first.approval.approval.plan.stages[0].requirements[0].approvers == ("alice",)
+    meanwhile = await gw.check(_transfer(100, geo="US", device_id="laptop-1"))
+    assert meanwhile.decision.effect.value == "approve"
+    assert meanwhile.decision.rules == ("new-location-or-device",)
+    approval_id = first.approval.approval.id
+    await gw.approvals.decide(approval_id, person="alice", decision="approve")
+    call = _transfer(100, geo="US", device_id="laptop-1")
+    await gw.release(approval_id, call.action, call.params, call.actor)
     again = await gw.check(_transfer(100, geo="US", device_id="laptop-1"))
     assert again.decision.effect.value == "allow"
     abroad = await gw.check(_transfer(100, geo="BR", device_id="laptop-1"))
@@ -48,6 +60,35 @@ async def test_a_new_device_needs_the_manager_then_a_known_one_runs(gw: Gateway)
     assert abroad.decision.rules == ("new-location-or-device",)
     assert abroad.approval is not None
     assert any("from BR" in r for r in abroad.approval.reasons)
+
+
+async def test_a_claimed_call_makes_its_device_known_to_a_restarted_gateway(
+    tmp_path: Path, db_url: str
+) -> None:
+    """The sighting of an approved call is an audit entry (`risk.seen`) that the fold counts:
+    a gateway started afresh, which folds before its first check, knows the device too; a
+    denied request's device stays unknown."""
+    clock = FrozenClock(WORKING)
+    first = Gateway.open([ENTERPRISE, RISK], database_url=db_url, clock=clock)
+    try:
+        held = await first.check(_transfer(100, geo="US", device_id="laptop-9"))
+        assert held.approval is not None
+        approval_id = held.approval.approval.id
+        await first.approvals.decide(approval_id, person="alice", decision="approve")
+        call = _transfer(100, geo="US", device_id="laptop-9")
+        await first.release(approval_id, call.action, call.params, call.actor)
+        seen = [e for e in iter_entries(first.db) if e.kind == "risk.seen"]
+        assert [e.approval_id for e in seen] == [approval_id]
+    finally:
+        await first.aclose()
+    second = Gateway.open([ENTERPRISE, RISK], database_url=db_url, clock=clock)
+    try:
+        known = await second.check(_transfer(100, geo="US", device_id="laptop-9"))
+        assert known.decision.effect.value == "allow"
+        other = await second.check(_transfer(100, geo="US", device_id="laptop-10"))
+        assert other.decision.effect.value == "approve"
+    finally:
+        await second.aclose()
 
 
 async def test_off_hours_and_holidays_add_an_approver(gw: Gateway) -> None:
@@ -85,6 +126,10 @@ async def test_a_payment_after_a_bank_detail_change_is_blocked_and_alerts(gw: Ga
     assert paid.decision.effect.value == "block"
     assert "payee-bank-change-block" in paid.decision.rules
     assert alerts and alerts[-1][0] == ("frank", "sam")
+    # Security reads what the signals saw, not only the rule's description.
+    said = alerts[-1][1]["reasons"]
+    assert isinstance(said, list)
+    assert any("bank details of payee acme were changed" in r for r in said)
 
 
 async def test_an_approved_payment_is_stopped_if_the_bank_details_change_before_release(
@@ -119,3 +164,13 @@ async def test_an_approved_payment_is_stopped_if_the_bank_details_change_before_
     assert isinstance(reasons, list)
     assert any("payee-bank-change-block" in r for r in reasons)
     assert any(approval_id in r and "claimed" in r for r in reasons)
+    assert any("bank details of payee acme were changed" in r for r in reasons)
+
+
+async def test_approvers_read_why_a_finance_review_was_added(gw: Gateway) -> None:
+    """More than $20,000 in 24 hours adds a finance review, and its approvers read the amount
+    in words (the example sets `amount_24h_limit` to the rule's threshold)."""
+    assert (await gw.check(_transfer(15000, geo="US", device_id="d"))).approval is not None
+    held = await gw.check(_transfer(6000, geo="US", device_id="d"))
+    assert held.approval is not None and "payments-unusual" in held.decision.rules
+    assert any("above 20,000" in r for r in held.approval.reasons), held.approval.reasons

@@ -67,8 +67,7 @@ class Replay:
 
     def count(self, req: Request, now: datetime, effect: str) -> None:
         facts = facts_of(req, self.settings)
-        refused = effect in ("deny", "block")
-        ups = updaters(keys_of(facts), facts, refused, now.timestamp(), self.settings)
+        ups = updaters(keys_of(facts), facts, effect, now.timestamp(), self.settings)
         for key, update in ups.items():
             changed = update(self.rows.get(key))
             if changed is not None:

@@ -30,7 +30,7 @@ policies:
       when: risk.new_geo
       effect: deny
     - id: ok
-      actions: [pay]
+      actions: [pay, look]
       effect: allow
 risk:
   retention_days: 30
@@ -54,6 +54,11 @@ def pay(user: str, geo: str) -> Request:
     return Request("pay", {"amount": 10}, {"user": user, "agent": "bot"}, {"geo": geo})
 
 
+def look(user: str, geo: str) -> Request:
+    """Allowed from anywhere: it makes the country known (a denied request does not)."""
+    return Request("look", {}, {"user": user, "agent": "bot"}, {"geo": geo})
+
+
 async def test_the_gateway_prunes_only_what_expired(policy: Path, db_url: str) -> None:
     """Rows past their retention go; a subject seen since keeps its rows, and the signals
     read the same before and after (a pruned country is new again, as it was already)."""
@@ -61,9 +66,12 @@ async def test_the_gateway_prunes_only_what_expired(policy: Path, db_url: str) -
     gateway = Gateway.open(policy, database_url=db_url, clock=clock)
     try:
         assert (await gateway.check(pay("old", "US"))).decision.effect.value == "deny"
+        assert (await gateway.check(pay("old", "US"))).decision.effect.value == "deny"
+        assert (await gateway.check(look("old", "US"))).decision.effect.value == "allow"
         assert (await gateway.check(pay("old", "US"))).decision.effect.value == "allow"
         clock.advance(days=31)
         assert (await gateway.check(pay("recent", "FR"))).decision.effect.value == "deny"
+        assert (await gateway.check(look("recent", "FR"))).decision.effect.value == "allow"
         await gateway.fold_risk()  # the rows are written behind the checks
         before = rows(gateway.db)
         assert before > 0
@@ -203,8 +211,8 @@ def test_risk_show_tells_what_is_known_about_a_subject(policy: Path, tmp_path: P
             "    - id: ok\n",
             "    - id: no-refunds\n      actions: [refund]\n      effect: deny\n    - id: ok\n",
         ).replace(
-            "actions: [pay]\n      effect: allow",
-            "actions: [pay, change_terms]\n      effect: allow",
+            "actions: [pay, look]\n      effect: allow",
+            "actions: [pay, look, change_terms]\n      effect: allow",
         )
         + "  patterns:\n    payee_bank_change:\n      change_actions: [change_terms]\n"
     )
@@ -213,6 +221,8 @@ def test_risk_show_tells_what_is_known_about_a_subject(policy: Path, tmp_path: P
         gateway = Gateway.open(policy, database_url=url)
         try:
             for amount in (120, 80):
+                if amount == 80:  # the country is known once a request from it is allowed
+                    await gateway.check(look("alice", "us"))
                 await gateway.check(
                     Request(
                         "pay",
@@ -248,7 +258,8 @@ def test_risk_show_tells_what_is_known_about_a_subject(policy: Path, tmp_path: P
     assert alice["subject"] == "alice"
     # The first payment came from a new country and was denied: counted, its amount not kept.
     assert [(r["action"], r["as"], r["last_hour"], r["amount_24h"]) for r in alice["requests"]] == [
-        ("pay", "requester", 2, 80.0)
+        ("look", "requester", 1, 0.0),
+        ("pay", "requester", 2, 80.0),
     ]
     assert sorted((k["kind"], k["value"]) for k in alice["known"]) == [
         ("country", "US"),
@@ -260,6 +271,7 @@ def test_risk_show_tells_what_is_known_about_a_subject(policy: Path, tmp_path: P
     assert acme["bank_details_changed"] is not None and acme["requests"] == []
     bot = json.loads(show("bot", "--json"))
     assert {(r["action"], r["as"]) for r in bot["requests"]} == {
+        ("look", "agent"),
         ("pay", "agent"),
         ("change_terms", "agent"),
         ("refund", "agent"),
@@ -383,11 +395,12 @@ async def test_a_policy_reload_keeps_the_unfolded_checks(
     monkeypatch.setattr("clearance.risk.journal.FOLD_INTERVAL_S", 3600.0)  # no fold by time
     gateway = Gateway.open(policy, database_url=f"sqlite:///{tmp_path}/r.db")
     try:
+        await gateway.check(look("carol", "US"))
         for _ in range(3):
             await gateway.check(pay("carol", "US"))
         before = gateway.risk
         ok, _ = await gateway.reload(by="test")
-        assert ok and gateway.risk is not before and gateway.risk.journal.pending == 3
+        assert ok and gateway.risk is not before and gateway.risk.journal.pending == 4
         result = await gateway.check(pay("carol", "US"))
         assert result.decision.effect.value == "allow"
         with gateway.db.connect() as conn:

@@ -487,8 +487,11 @@ def test_describe_shows_a_rows_state_as_plain_values(database: Database) -> None
     found = {k[0]: describe(k[0], v[1]) for k, v in raw_states(database).items()}
     assert found["actor_action"]["amounts"] == []  # refused: no amount kept
     assert sum(found["actor_action"]["1m"].values()) == 1
-    assert found["seen_geo"] == T0.timestamp()
+    assert "seen_geo" not in found  # refused: the country is not made known
     assert found["agent_denials"] == [T0.timestamp()]
+    check(database, engine, request(amount=12.5, geo="US"), effect="allow")
+    found = {k[0]: describe(k[0], v[1]) for k, v in raw_states(database).items()}
+    assert found["seen_geo"] == T0.timestamp()
 
 
 def raw_states(db: Database) -> dict[tuple[str, str, str], tuple[int, bytes]]:

@@ -20,6 +20,7 @@ class Kind:
     APPROVAL_EXPIRED: Final = "approval.expired"
     APPROVAL_CANCELLED: Final = "approval.cancelled"
     APPROVAL_RELEASED: Final = "approval.released"
+    RISK_SEEN: Final = "risk.seen"  # an approved call's country, device and payee now known
     EXECUTION_RESULT: Final = "execution.result"
     LOGIN: Final = "login"
     LOGIN_FAILED: Final = "login.failed"

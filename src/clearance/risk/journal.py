@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import Connection, select, text
 
+from clearance.audit.entry import Kind
 from clearance.store.errors import translate_errors
 from clearance.store.schema import audit_entries, audit_heads
 
@@ -48,6 +49,7 @@ from .settings import RiskSettings
 from .signals import History
 from .store import (
     PAYEE_BANK,
+    SEEN,
     SUBJECT_KINDS,
     ActivityUpdate,
     Key,
@@ -85,7 +87,8 @@ FOLD_MAX_PENDING: Final = 5_000
 FOLD_LIMIT = 1_000
 #: PostgreSQL advisory lock key of the fold (any constant shared by every instance).
 _FOLD_LOCK: Final = 0x52534B46  # "RSKF"
-_REFUSED: Final = frozenset({"deny", "block"})
+#: The audit entries a fold counts: checks, and approved calls claimed (`store.SEEN`).
+_COUNTED: Final = (Kind.CHECK, Kind.RISK_SEEN)
 #: Up to this many entries another process wrote are read by seq, more by their range.
 _FEW: Final = 500
 #: Every payee-bank row is kept (`RowCache.cover_kind`) while there are at most this many, and
@@ -277,7 +280,7 @@ class Journal:
         """Count the check whose audit entry `seq` (on this process's chain) has committed:
         into the rows kept, at once; a row read later from the store (or known absent from a
         complete set) has it counted in by that read."""
-        ups = updaters(keys or keys_of(facts), facts, effect in _REFUSED, ts, self.settings)
+        ups = updaters(keys or keys_of(facts), facts, effect, ts, self.settings)
         if not ups:
             return
         items = list(ups.items())
@@ -449,7 +452,7 @@ class Journal:
         """The updates of chain `chain`'s checks in (start, end], in order, as (seq, updates,
         noted): this process's own from memory (noted), the others from their audit entries."""
         a = audit_entries.c
-        in_range = (a.chain_id == chain, a.seq > start, a.seq <= end, a.kind == "check")
+        in_range = (a.chain_id == chain, a.seq > start, a.seq <= end, a.kind.in_(_COUNTED))
         with translate_errors():
             seqs: list[int] = []
             foreign: list[int] = []
@@ -458,10 +461,12 @@ class Journal:
                 foreign = [s for s in seqs if s not in own]
             parsed: dict[int, list[tuple[Key, Updater]]] = {}
             if foreign or not own:
-                query = select(a.seq, a.ts, a.action, a.effect, a.data).where(*in_range)
+                query = select(a.seq, a.ts, a.action, a.kind, a.effect, a.data).where(*in_range)
                 if own and len(foreign) <= _FEW:  # only the few this process did not note
                     query = query.where(a.seq.in_(foreign))
-                for seq, when, action, effect, data in conn.execute(query.order_by(a.seq)):
+                for seq, when, action, kind, effect, data in conn.execute(query.order_by(a.seq)):
+                    if kind == Kind.RISK_SEEN:
+                        effect = SEEN
                     parsed[int(seq)] = self._entry_updates(when, action, effect, data)
         order = seqs if own else sorted(parsed)
         out: list[tuple[int, list[tuple[Key, Updater]], bool]] = []
@@ -525,8 +530,7 @@ class Journal:
         facts = facts_from_json(str(action or ""), risk.get("f"))
         if facts is None:
             return []
-        refused = str(effect) in _REFUSED
-        ups = updaters(keys_of(facts), facts, refused, when.timestamp(), self.settings)
+        ups = updaters(keys_of(facts), facts, str(effect), when.timestamp(), self.settings)
         return list(ups.items())
 
     def _move_marks(self, conn: Connection, marks: Mapping[str, int], now: datetime) -> None:

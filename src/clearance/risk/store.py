@@ -129,6 +129,9 @@ SEEN_REFRESH_S: Final = 3600.0
 _DAY: Final = 86400.0
 _MAX_ROUNDS: Final = 8
 _REFUSED: Final = frozenset({"deny", "block"})
+_ALLOWED: Final = "allow"
+#: The "effect" noted for an approved call claimed by its agent (`updaters`).
+SEEN: Final = "seen"
 _TIME: Final = struct.Struct("<d")
 
 
@@ -622,7 +625,7 @@ def record(
         return committed
     keys = history.keys if history is not None and history.keys is not None else keys_of(facts)
     ts = now.timestamp()
-    updates = updaters(keys, facts, str(effect) in _REFUSED, ts, settings)
+    updates = updaters(keys, facts, str(effect), ts, settings)
     written: dict[Key, tuple[int, Any]] = {}
     if not updates:
         return written
@@ -658,26 +661,36 @@ Updater = Callable[[Any], "tuple[Any, float] | None"]
 
 
 def updaters(
-    keys: StoreKeys, facts: Facts, refused: bool, ts: float, settings: RiskSettings
+    keys: StoreKeys, facts: Facts, effect: str, ts: float, settings: RiskSettings
 ) -> dict[Key, Updater]:
-    """For each row this check changes, how it changes."""
+    """For each row this check, decided `effect`, changes, and how.
+
+    Every check counts in the velocity windows. Only checks that were not refused count their
+    amount, and only an allowed one makes its country, device and payee known: a request
+    refused, or still waiting for an approver, must not vouch for the device it came from (the
+    same stolen laptop asking twice would otherwise be trusted the second time). An approved
+    call makes them known when the agent claims it (`SEEN`: that alone, the check having
+    counted the rest)."""
     out: dict[Key, Updater] = {}
     retention = settings.retention_days * _DAY
-    if keys.actor is not None:
-        amount = None if refused else facts.amount
-        keep = settings.anomaly.history_size
-        out[keys.actor] = ActivityUpdate(ts, amount, keep, ts + max(retention, _DAY))
-    if keys.agent is not None:
-        out[keys.agent] = ActivityUpdate(ts, None, 0, ts + _DAY)
-
-    seen = TimeUpdate(ts, ts + retention)
-    for key in (keys.geo, keys.device, keys.payee):
-        if key is not None:
-            out[key] = seen
+    if effect != SEEN:
+        if keys.actor is not None:
+            amount = None if effect in _REFUSED else facts.amount
+            keep = settings.anomaly.history_size
+            out[keys.actor] = ActivityUpdate(ts, amount, keep, ts + max(retention, _DAY))
+        if keys.agent is not None:
+            out[keys.agent] = ActivityUpdate(ts, None, 0, ts + _DAY)
+    if effect in (_ALLOWED, SEEN):
+        seen = TimeUpdate(ts, ts + retention)
+        for key in (keys.geo, keys.device, keys.payee):
+            if key is not None:
+                out[key] = seen
+    if effect == SEEN:
+        return out
     if keys.bank_change is not None:
         days = settings.patterns.payee_bank_change.days
         out[keys.bank_change] = TimeUpdate(ts, ts + days * _DAY, latest=True)
-    if keys.denials is not None and refused:
+    if keys.denials is not None and effect in _REFUSED:
         burst = settings.patterns.denial_burst
         window = burst.minutes * 60.0
 
