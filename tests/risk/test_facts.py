@@ -43,6 +43,10 @@ def test_amounts_must_be_finite_numbers() -> None:
         ("NaN", None),
         ("x", None),
         (float("inf"), None),
+        (-100000, None),  # a negative amount would lower the 24 h total
+        ("-5", None),
+        (0, 0.0),
+        (1e308, 1e15),  # at most 1e15: a day's sum stays finite
     ]:
         assert facts_of(Request("a", {"amount": value}, {"user": "u"}), DEFAULTS).amount == expected
     cfg = settings(amount_param="total")
@@ -68,3 +72,27 @@ def test_long_identifiers_become_digests_in_keys() -> None:
     assert key_part("carol") == "carol"
     long = key_part("x" * 300)
     assert long.startswith("sha256:") and len(long) == 71
+
+
+def test_a_payee_is_named_only_on_a_payment_action() -> None:
+    """`payment_actions` (default: every action) says which requests pay someone: elsewhere a
+    `payee_id` parameter is not a payee, so it is neither new nor made known."""
+    cfg = settings(patterns={"payee_bank_change": {"payment_actions": ["payments.*"]}})
+    assert facts_of(request(payee="acme"), cfg).payee == "acme"
+    assert facts_of(request("data.export", payee="acme"), cfg).payee is None
+    assert facts_of(request("data.export", payee="acme"), DEFAULTS).payee == "acme"
+
+
+def test_identifiers_that_look_the_same_are_the_same() -> None:
+    """A payee written with a combining diaeresis, or in full-width letters, is the payee
+    written plainly (Unicode NFKC), so a look-alike cannot dodge the bank-change pattern."""
+    composed = facts_of(request(payee="Zo\u00eb Ltd"), DEFAULTS).payee
+    assert facts_of(request(payee="Zoe\u0308 Ltd"), DEFAULTS).payee == composed
+    assert facts_of(request(payee="\uff21\uff23\uff2d\uff25"), DEFAULTS).payee == "ACME"
+    assert facts_of(request(user="ca\u0301rol"), DEFAULTS).user == "c\u00e1rol"
+    change = Request(
+        "procurement.change_supplier_terms",
+        {"supplier_id": "Zoe\u0308 Ltd", "changes": ["bank_details"]},
+        {},
+    )
+    assert facts_of(change, DEFAULTS).bank_change_payee == composed

@@ -46,10 +46,22 @@ def test_a_yaml_section_loads_with_unquoted_times_and_dates() -> None:
 @pytest.mark.parametrize(
     ("section", "message"),
     [
-        ({"time_zone": "Mars/Olympus"}, "risk.time_zone: Value error, unknown time zone"),
+        ({"time_zone": "Mars/Olympus"}, "risk.time_zone: unknown time zone"),
         ({"time_zones": {"carol": "Nowhere"}}, "unknown time zone 'Nowhere'"),
         ({"business_hours": {"start": "18:00", "end": "09:00"}}, "must be before end"),
-        ({"business_hours": {"start": 5000}}, "write it quoted"),
+        ({"business_hours": {"start": 90000}}, "write it quoted"),
+        (
+            {"business_hours": {"start": 9}},
+            "write the time of day with its minutes, quoted: '09:00'",
+        ),
+        (
+            {"weights": {"off_hours": float("nan")}},
+            "risk.weights.off_hours: Input should be a finite",
+        ),
+        (
+            {"anomaly": {"threshold": float("inf")}},
+            "risk.anomaly.threshold: Input should be a finite",
+        ),
         ({"weights": {"velocityy": 3}}, "unknown signal velocityy"),
         ({"weights": {"velocity": -1}}, "must not be negative"),
         ({"anomaly": {"min_history": 20, "history_size": 10}}, "at least anomaly.min_history"),
@@ -62,6 +74,44 @@ def test_bad_settings_are_named(section: dict[str, object], message: str) -> Non
     """Each invalid setting is an error naming its `risk.` path."""
     with pytest.raises(RiskSettingsError, match=message.replace(".", r"\.").replace("(", r"\(")):
         load_risk_settings(section)
+
+
+def test_base_60_times_read_as_yaml_writes_them() -> None:
+    """Unquoted, YAML 1.1 reads `8:30` as 510 (minutes) and `9:00:00` as 32400 (seconds): both
+    are the times they look like."""
+    s = load_risk_settings({"business_hours": {"start": 510, "end": 17 * 3600 + 30 * 60}})
+    assert s.business_hours.start == time(8, 30) and s.business_hours.end == time(17, 30)
+
+
+def test_each_problem_is_placed_on_its_own_line() -> None:
+    """The loader names each problem of the `risk:` section at its own line and column."""
+    from clearance.policy import PolicyError
+    from clearance.policy.load import load_policy_texts
+
+    text = (
+        "version: 1\n"
+        "policies:\n  rules:\n    - {id: ok, actions: [pay], effect: allow}\n"
+        "risk:\n"
+        "  anomaly:\n"
+        "    threshold: -1\n"
+        "  holidays: [2026-12-25, Christmas]\n"
+    )
+    with pytest.raises(PolicyError) as failed:
+        load_policy_texts([("p.yaml", text)])
+    where = sorted((p.location.line, p.message.split(":")[0]) for p in failed.value.problems)
+    assert where == [(7, "risk.anomaly.threshold"), (8, "risk.holidays.1")]
+
+
+def test_a_date_that_does_not_exist_is_a_yaml_error_with_its_place() -> None:
+    """`2026-02-30` is no date: an error at its line, not a traceback."""
+    from clearance.policy import PolicyError
+    from clearance.policy.load import load_policy_texts
+
+    text = "version: 1\nrisk:\n  holidays: [2026-02-30]\n"
+    with pytest.raises(PolicyError) as failed:
+        load_policy_texts([("p.yaml", text)])
+    (problem,) = failed.value.problems
+    assert problem.location.line == 3 and "2026-02-30" in problem.message
 
 
 def test_a_section_that_is_not_a_mapping_is_refused() -> None:

@@ -237,6 +237,24 @@ async def test_malformed_json_and_unknown_fields_are_422(
     assert response.status_code == 422 and "acton" in response.json()["message"]
 
 
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e400"])
+async def test_numbers_that_are_not_finite_are_422(
+    client: httpx.AsyncClient, keys: Keys, number: bytes
+) -> None:
+    """Python's JSON reads NaN, Infinity and 1e400 (as inf): none is an amount a policy can
+    compare or an audit entry can hash, so the check is refused, not a 500."""
+    for where in (b'"params": {"amount": %s}', b'"context": {"score": [1, %s]}'):
+        body = b'{"action": "payments.transfer", ' + where % number + b"}"
+        response = await client.post(
+            "/v1/checks",
+            content=body,
+            headers={**auth(keys.agent), "content-type": "application/json"},
+        )
+        assert response.status_code == 422, response.text
+        assert response.json()["error"] == "invalid_request"
+        assert "finite" in response.json()["message"]
+
+
 async def test_oversized_body_is_413(client: httpx.AsyncClient, keys: Keys) -> None:
     """A body over the limit is refused before it is parsed."""
     big = {**TRANSFER, "params": {"blob": "x" * 2_000_000}}

@@ -8,6 +8,7 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..policy.load import PolicyError
 
@@ -30,18 +31,19 @@ def print_json(data: Any) -> None:
 
 
 def fail(message: str, *, hint: str | None = None, code: int = 1) -> NoReturn:
-    errors.print(f"[bold red]error:[/] {message}")
+    errors.print(f"[bold red]error:[/] {escape(message)}")  # user text is never markup
     if hint:
-        errors.print(f"[dim]hint:[/] {hint}")
+        errors.print(f"[dim]hint:[/] {escape(hint)}")
     raise typer.Exit(code)
 
 
 def report_policy_error(exc: PolicyError) -> NoReturn:
     for problem in exc.problems:
-        rule = f" [dim]\\[rule {problem.rule_id}][/]" if problem.rule_id else ""
-        errors.print(f"[bold]{problem.location}[/]:{rule} [red]{problem.message}[/]")
+        rule = f" [dim]\\[rule {escape(problem.rule_id)}][/]" if problem.rule_id else ""
+        where, message = escape(str(problem.location)), escape(problem.message)
+        errors.print(f"[bold]{where}[/]:{rule} [red]{message}[/]")
         if problem.hint:
-            errors.print(f"    [dim]hint:[/] {problem.hint}")
+            errors.print(f"    [dim]hint:[/] {escape(problem.hint)}")
     count = len(exc.problems)
     errors.print(f"[bold red]{count} problem{'s' if count != 1 else ''}[/]; nothing was loaded")
     raise typer.Exit(1)

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..directory import Directory
 from ..policy import Engine, PolicyError, Request, load_policy
-from ..policy.model import Decision, OnTimeout, Pick, Routing, with_default_risk
+from ..policy.model import DEFAULT_RISK, Decision, OnTimeout, Pick, Routing
 from ..policy.testing import load_suite, run_suite
 from .output import EFFECT_STYLE, console, duration, fail, print_json, report_policy_error
 
@@ -64,6 +64,16 @@ def parse_json_object(flag: str, raw: str | None) -> dict[str, Any]:
     if not isinstance(value, dict):
         fail(f'{flag} must be a JSON object like \'{{"key": "value"}}\'')
     return value
+
+
+def _risk_option(raw: str) -> dict[str, Any]:
+    """`--risk`, checked: the signals by name and type, the rest at rest."""
+    from ..policy.testing import risk_map
+
+    try:
+        return risk_map(parse_json_object("--risk", raw))
+    except ValueError as exc:
+        fail(f"--risk: {exc}", hint="signals: " + ", ".join(DEFAULT_RISK))
 
 
 def register(app: typer.Typer) -> None:
@@ -122,7 +132,7 @@ def register(app: typer.Typer) -> None:
             actor=who,
             context=parse_json_object("--context", context),
             labels=tuple(x.strip() for x in (labels or "").split(",") if x.strip()),
-            risk=with_default_risk(parse_json_object("--risk", risk)) if risk is not None else None,
+            risk=_risk_option(risk) if risk is not None else None,
         )
         decision = Engine(loaded).evaluate(request)
         if as_json:

@@ -4,6 +4,7 @@ every few hours)."""
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -62,7 +63,10 @@ def show(
     countries, devices and payees it is known for, a payee's bank-details change, an agent's
     recent denials. For investigating why a request was flagged."""
     from ..risk import store
+    from ..risk.facts import ident
     from ..store.reads import read
+
+    subject = ident(subject) or subject  # as the signals name it (stripped, NFKC)
 
     async def work(gateway: Gateway) -> list[SubjectRow]:
         await gateway.fold_risk()  # every process's latest checks, not only what was folded
@@ -76,7 +80,9 @@ def show(
         return
     if not rows:
         console.print(f"Nothing is stored about {subject}: no request of theirs has been checked")
-        console.print("with risk signals, or what there was has expired.")
+        console.print("with risk signals, or what there was has expired. A payee has something")
+        console.print("of its own only once its bank details changed; who paid it is kept with")
+        console.print("each person (`clearance risk show PERSON` lists the payees they paid).")
         return
     console.print(f"What the risk signals know about [bold]{subject}[/] (as of {_when(now)}):")
     if report["requests"]:
@@ -90,7 +96,7 @@ def show(
                 str(r["last_minute"]),
                 str(r["last_hour"]),
                 str(r["last_24h"]),
-                f"{r['amount_24h']:,.2f}",
+                "-" if r["amount_24h"] is None else f"{r['amount_24h']:,.2f}",
                 str(r["amounts_kept"]),
             )
         console.print(table)
@@ -135,7 +141,9 @@ def _report(subject: str, rows: list[SubjectRow], now: datetime) -> dict[str, An
                     "last_minute": totals.per_minute,
                     "last_hour": totals.per_hour,
                     "last_24h": totals.per_day,
-                    "amount_24h": round(totals.amount_24h, 2),
+                    "amount_24h": round(totals.amount_24h, 2)
+                    if math.isfinite(totals.amount_24h)
+                    else None,
                     "amounts_kept": len(row.value.amounts),
                 }
             )

@@ -407,7 +407,9 @@ class _Linker:
         try:
             load_risk_settings(file.top.risk)
         except RiskSettingsError as exc:
-            self._add("risk", str(exc), file.doc.where_key(("risk",)))
+            for path, message in exc.problems:
+                where = file.doc.where(("risk", *path)) if path else file.doc.where_key(("risk",))
+                self._add("risk", message, where)
 
     def _allow_always(
         self,
@@ -560,6 +562,17 @@ class _Linker:
                         doc.where(("directory", "people", i, "manager")),
                         hint=_known_hint(raw.manager, list(directory.people)),
                     )
+                if raw.timezone:
+                    from ..risk.settings import check_zone
+
+                    try:
+                        check_zone(raw.timezone)
+                    except ValueError as exc:
+                        self._add(
+                            "invalid_timezone",
+                            f"{exc} (the timezone of '{raw.id}')",
+                            doc.where(("directory", "people", i, "timezone")),
+                        )
         return directory
 
     def _rule(

@@ -22,9 +22,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
 
 from .engine import Engine
 from .load import Policy, PolicyError, Problem
@@ -44,6 +53,44 @@ class ExpectIn(_Strict):
     reason_contains: str | None = None
 
 
+class RiskIn(_Strict):
+    """A `risk` map given to a policy test or `clearance check --risk`: the signals
+    by name and type (a misspelt one is an error, not a signal at rest); the rest at rest."""
+
+    off_hours: StrictBool = False
+    velocity_1m: NonNegativeInt = 0
+    velocity_1h: NonNegativeInt = 0
+    velocity_24h: NonNegativeInt = 0
+    agent_velocity_1m: NonNegativeInt = 0
+    agent_velocity_1h: NonNegativeInt = 0
+    agent_velocity_24h: NonNegativeInt = 0
+    amount_24h: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    amount_anomaly: Annotated[float, Field(allow_inf_nan=False)] = 0.0
+    new_geo: StrictBool = False
+    new_device: StrictBool = False
+    new_payee: StrictBool = False
+    patterns: list[StrictStr] = []
+    score: Annotated[StrictInt, Field(ge=0, le=100)] = 0
+    reasons: list[StrictStr] = []
+
+    def risk(self) -> dict[str, Any]:
+        """The whole `risk` map a policy sees."""
+        return with_default_risk(self.model_dump(exclude_unset=True))
+
+
+def risk_map(value: dict[str, Any]) -> dict[str, Any]:
+    """`value` checked as a `RiskIn`; ValueError naming each problem."""
+    try:
+        return RiskIn.model_validate(value).risk()
+    except ValidationError as exc:
+        raise ValueError("; ".join(_problem_text(err) for err in exc.errors())) from None
+
+
+def _problem_text(err: Any) -> str:
+    where = ".".join(str(p) for p in err["loc"]) or "risk"
+    return f"{where}: {'unknown signal' if err['type'] == 'extra_forbidden' else err['msg']}"
+
+
 class CaseIn(_Strict):
     name: str = Field(min_length=1)
     action: str = Field(min_length=1)
@@ -51,7 +98,7 @@ class CaseIn(_Strict):
     actor: dict[str, str] = {}
     context: dict[str, Any] = {}
     labels: list[str] = []
-    risk: dict[str, Any] | None = None
+    risk: RiskIn | None = None
     expect: ExpectIn
 
 
@@ -124,7 +171,7 @@ def run_case(engine: Engine, case: Case) -> CaseResult:
             actor=dict(spec.actor),
             context=dict(spec.context),
             labels=tuple(spec.labels),
-            risk=with_default_risk(dict(spec.risk)) if spec.risk is not None else None,
+            risk=spec.risk.risk() if spec.risk is not None else None,
         ),
         decision_id="dec_test",
     )

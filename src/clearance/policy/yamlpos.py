@@ -120,3 +120,7 @@ class _Builder:
             raise YamlSyntaxError(
                 f"invalid YAML value: {exc.problem}", _loc(self.doc, node)
             ) from None
+        except ValueError as exc:  # a timestamp that is no date, like 2026-02-30
+            raise YamlSyntaxError(
+                f"invalid YAML value {getattr(node, 'value', '')!r}: {exc}", _loc(self.doc, node)
+            ) from None

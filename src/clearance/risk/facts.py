@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -15,10 +16,12 @@ from typing import Any, Protocol
 
 from .settings import RiskSettings
 
-__all__ = ["Facts", "RequestLike", "facts_of", "key_part"]
+__all__ = ["Facts", "RequestLike", "facts_of", "ident", "key_part"]
 
 #: Identifiers longer than this are stored as a digest (the key columns are 255 wide).
 _MAX_KEY = 200
+#: Larger amounts count as this much, so that the sums of a day stay finite.
+MAX_AMOUNT = 1e15
 
 
 class RequestLike(Protocol):
@@ -45,8 +48,8 @@ class Facts:
     agent: str | None
     geo: str | None  # context.geo, upper-cased (a country code)
     device: str | None  # context.device_id
-    payee: str | None  # the first of `payee_params` present, on a payment action
-    amount: float | None  # params.<amount_param>, when a finite number
+    payee: str | None  # the first of `payee_params` present, on one of `payment_actions`
+    amount: float | None  # params.<amount_param>, when a finite number ≥ 0 (at most 1e15)
     bank_change_payee: str | None  # the payee whose bank details this request changes
 
 
@@ -55,24 +58,25 @@ def facts_of(request: RequestLike, settings: RiskSettings) -> Facts:
     actor_map = request.actor
     params = request.params
     context = request.context
-    user = _ident(actor_map.get("user"))
-    agent = _ident(actor_map.get("agent"))
+    user = ident(actor_map.get("user"))
+    agent = ident(actor_map.get("agent"))
     action = request.action
     pattern = settings.patterns.payee_bank_change
     payee: str | None = None
     bank_change: str | None = None
     if not pattern.is_change_action(action):
-        payee = _first(params, settings.payee_params)
+        if pattern.is_payment_action(action):
+            payee = _first(params, settings.payee_params)
     elif _mentions(params.get(pattern.changes_param), pattern.changed_item):
         bank_change = _first(params, pattern.change_payee_params)
-    geo = _ident(context.get("geo"))
+    geo = ident(context.get("geo"))
     return Facts(
         action=action,
         actor=user or agent,
         user=user,
         agent=agent,
         geo=geo.upper() if geo else None,
-        device=_ident(context.get("device_id")),
+        device=ident(context.get("device_id")),
         payee=payee,
         amount=_number(params.get(settings.amount_param)),
         bank_change_payee=bank_change,
@@ -86,10 +90,15 @@ def key_part(value: str) -> str:
     return "sha256:" + hashlib.sha256(value.encode("utf-8")).hexdigest()
 
 
-def _ident(value: Any) -> str | None:
+def ident(value: Any) -> str | None:
+    """An identifier as the signals compare it: a string stripped and in Unicode's NFKC form
+    (so that `Zoë` typed with a combining diaeresis, or in full-width letters, is the same
+    payee as `Zoë`), an integer as its digits; None for anything else."""
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, str):
+        if not value.isascii():
+            value = unicodedata.normalize("NFKC", value)
         value = value.strip()
         return value or None
     if isinstance(value, int):
@@ -99,7 +108,7 @@ def _ident(value: Any) -> str | None:
 
 def _first(params: Mapping[str, Any], names: tuple[str, ...]) -> str | None:
     for name in names:
-        found = _ident(params.get(name))
+        found = ident(params.get(name))
         if found is not None:
             return found
     return None
@@ -117,7 +126,9 @@ def _number(value: Any) -> float | None:
             return None
     else:
         return None
-    return number if math.isfinite(number) else None
+    if not math.isfinite(number) or number < 0:
+        return None  # a negative amount would lower the 24 h total: it counts as none
+    return min(number, MAX_AMOUNT)
 
 
 def _mentions(changes: Any, item: str) -> bool:

@@ -32,7 +32,8 @@ Every key is optional; unknown keys are errors (a typo must not silently disable
       score_cap: 100
 
 Times may be written quoted (`"18:00"`); an unquoted `18:00`, which YAML 1.1 reads as the
-base-60 number 1080, is understood as the same time of day.
+base-60 number 1080, is understood as the same time of day (and `9:00:00` as 09:00). A bare
+hour (`start: 9`) is refused: YAML reads it as nine minutes past midnight.
 """
 
 from __future__ import annotations
@@ -81,11 +82,20 @@ DEFAULT_WEIGHTS: dict[str, int] = {
 
 
 class RiskSettingsError(ValueError):
-    """The `risk:` section is not valid; the message lists every problem."""
+    """The `risk:` section is not valid; the message lists every problem, and `problems`
+    holds each one as (its path under `risk:`, its message), for a loader to place."""
+
+    def __init__(
+        self, message: str, problems: list[tuple[tuple[str | int, ...], str]] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.problems = problems if problems is not None else [((), message)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False
+    )
 
 
 _HHMM = re.compile(r"^\s*(\d{1,2}):(\d{2})(?::(\d{2}))?\s*$")
@@ -95,8 +105,12 @@ def _time_of_day(value: Any) -> Any:
     if isinstance(value, bool):
         raise ValueError("a time of day is written like '09:00'")
     if isinstance(value, int):  # YAML 1.1 base-60: 18:00 → 1080, 9:00:00 → 32400
+        if 0 < value < 24:  # a bare hour, which YAML would read as minutes after midnight
+            raise ValueError(f"write the time of day with its minutes, quoted: '{value:02d}:00'")
         if 0 <= value < 24 * 60:
             return time(value // 60, value % 60)
+        if value < 24 * 3600:
+            return time(value // 3600, value // 60 % 60, value % 60)
         raise ValueError(f"{value} is not a time of day; write it quoted, like '18:00'")
     if isinstance(value, str) and (m := _HHMM.match(value)):
         hour, minute, second = int(m[1]), int(m[2]), int(m[3] or 0)
@@ -193,7 +207,8 @@ class PatternSettings(_Strict):
     denial_burst: DenialBurst = DenialBurst()
 
 
-def _zone(name: str) -> str:
+def check_zone(name: str) -> str:
+    """`name` when it is an IANA time zone; ValueError saying so otherwise."""
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
@@ -228,13 +243,13 @@ class RiskSettings(_Strict):
     @field_validator("time_zone")
     @classmethod
     def _check_zone(cls, v: str) -> str:
-        return _zone(v)
+        return check_zone(v)
 
     @field_validator("time_zones")
     @classmethod
     def _check_zones(cls, v: dict[str, str]) -> dict[str, str]:
         for name in v.values():
-            _zone(name)
+            check_zone(name)
         return v
 
     @field_validator("weights")
@@ -287,8 +302,14 @@ def load_risk_settings(section: Mapping[str, Any] | RiskSettings | None) -> Risk
     try:
         return RiskSettings.model_validate(dict(section))
     except ValidationError as exc:
-        problems = []
+        problems: list[tuple[tuple[str | int, ...], str]] = []
         for err in exc.errors():
-            where = ".".join(str(p) for p in ("risk", *err["loc"]))
-            problems.append(f"{where}: {err['msg']}")
-        raise RiskSettingsError("; ".join(problems)) from None
+            path = tuple(p for p in err["loc"] if isinstance(p, str | int))
+            where = ".".join(str(p) for p in ("risk", *path))
+            problems.append((path, f"{where}: {_message(err['msg'])}"))
+        raise RiskSettingsError("; ".join(m for _, m in problems), problems) from None
+
+
+def _message(msg: str) -> str:
+    """pydantic's message for a validator's ValueError, without its "Value error, " prefix."""
+    return msg.removeprefix("Value error, ")

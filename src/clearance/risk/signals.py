@@ -320,6 +320,8 @@ def ago(seconds: float) -> str:
     """How long ago, in words ("3 minutes ago"); "just now" for a time in the future."""
     if seconds < 0:
         return "just now"
+    if seconds < 60:
+        return "less than a minute ago"
     if seconds < 3600:
         minutes = int(seconds // 60)
         return f"{minutes} minute{'s' * (minutes != 1)} ago"

@@ -25,7 +25,7 @@ from ..policy.schema import parse_duration
 from .api import ERRORS, may_see, vote_proof
 from .auth import Principal, authenticate
 from .errors import HTTPProblem
-from .schemas import ApprovalOut, approval_out
+from .schemas import ApprovalOut, JsonObject, approval_out
 
 Caller = Annotated[Principal, Depends(authenticate)]
 router = APIRouter(prefix="/v1", responses=ERRORS, tags=["controls"])
@@ -40,11 +40,11 @@ class OverrideIn(_In):
     reason: str = Field(max_length=4000, description="Why this cannot wait (required)")
     approval_id: str | None = Field(default=None, max_length=64)
     action: str | None = Field(default=None, max_length=255)
-    params: dict[str, Any] = {}
+    params: JsonObject = {}
     actor: dict[str, str] = Field(
         default={}, description="Exactly as the agent will send it (user and agent)"
     )
-    context: dict[str, Any] = {}
+    context: JsonObject = {}
     labels: list[str] = []
     idempotency_key: str | None = Field(default=None, max_length=255)
 

@@ -24,6 +24,7 @@ from .. import grants
 from .. import override as ovr
 from ..policy import Request as PolicyRequest
 from . import inbox
+from .schemas import finite_json
 
 __all__ = ["install"]
 
@@ -89,13 +90,14 @@ async def create_override(request: Request) -> Response:
     policy_request = None
     if approval_id is None and form.get("action", "").strip():
         try:
-            params = json.loads(form.get("params") or "{}")
+            params = finite_json(json.loads(form.get("params") or "{}"))
         except ValueError:
             params = None
         if not isinstance(params, dict):
             return await _overrides_page(
                 request, viewer, status=400, form=form,
-                error="Parameters must be a JSON object, like {\"amount\": 9000}.",
+                error="Parameters must be a JSON object with finite numbers, like "
+                "{\"amount\": 9000}.",
             )  # fmt: skip
         actor = {
             key: value

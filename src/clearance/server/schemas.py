@@ -2,25 +2,48 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ..approvals.records import StoredApproval
 from ..channels.deliveries import Delivery
 from ..directory import Directory
+
+_T = TypeVar("_T")
 
 
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def finite_json(value: _T) -> _T:
+    """Refuse NaN and infinite numbers anywhere inside (Python's JSON reads `NaN`,
+    `Infinity` and `1e400`; none can be hashed into an audit entry or compared by a policy)."""
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                raise ValueError("numbers must be finite (no NaN or Infinity)")
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return value
+
+
+#: A JSON object from a caller (parameters, context): every number in it finite.
+JsonObject = Annotated[dict[str, Any], AfterValidator(finite_json)]
+
+
 class CheckIn(_In):
     action: str = Field(min_length=1, max_length=255, examples=["payments.transfer"])
-    params: dict[str, Any] = Field(default_factory=dict, examples=[{"amount": 2000}])
+    params: JsonObject = Field(default_factory=dict, examples=[{"amount": 2000}])
     actor: dict[str, str] = Field(default_factory=dict, examples=[{"user": "carol"}])
-    context: dict[str, Any] = Field(default_factory=dict)
+    context: JsonObject = Field(default_factory=dict)
     labels: list[str] = Field(default_factory=list)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
 
@@ -132,7 +155,7 @@ class DecisionIn(_In):
 
 class ReleaseIn(_In):
     action: str = Field(min_length=1, max_length=255)
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: JsonObject = Field(default_factory=dict)
     actor: dict[str, str] = Field(default_factory=dict)
 
 
@@ -146,7 +169,7 @@ class CheckResultIn(_In):
 
     decision_id: str = Field(pattern=r"^dec_[0-9A-Za-z_-]{1,64}$")
     action: str = Field(min_length=1, max_length=255)
-    params: dict[str, Any] = {}
+    params: JsonObject = {}
     actor: dict[str, str] = {}
     state: Literal["succeeded", "failed"]
     result: str | None = Field(default=None, max_length=100_000)
