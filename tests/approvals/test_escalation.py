@@ -370,3 +370,37 @@ def test_policy_tests_compare_routing_when_named(tmp_path: Path) -> None:
     policy = load_policy_text((tmp_path / "p.yaml").read_text())
     results = {r.case.spec.name: r.passed for r in run_suite(policy, suite)}
     assert results == {"right": True, "wrong": False, "unnamed": True}
+
+
+def test_escalation_to_an_empty_group_is_an_error() -> None:
+    """A declared group with nobody in it would escalate to no one: a lint error at its entry."""
+    text = rule(
+        """
+stages: [{name: m, approvers: [group:managers]}]
+escalate_after: 1h
+escalate_to: [group:cfo, group:board]
+"""
+    ).replace("directory:\n", "directory:\n  groups: {board: {description: nobody yet}}\n", 1)
+    found = problems(text)
+    assert any("escalate_to level 2 (group:board) has nobody in it" in p for p in found), found
+
+
+def test_an_approval_level_problem_is_reported_once_for_all_its_stages() -> None:
+    """Keys of the approval apply to every stage, but a problem in one is said once; and the
+    hint does not suggest on_timeout: escalate when it is already set."""
+    found = problems(
+        rule(
+            """
+stages:
+  - {name: one, approvers: [group:managers]}
+  - {name: two, approvers: [group:finance-directors]}
+timeout: 1h
+escalate_after: 2h
+escalate_to: [group:nosuch]
+on_timeout: escalate
+"""
+        )
+    )
+    assert sum("unknown group 'nosuch'" in p for p in found) == 1, found
+    late = [p for p in found if "escalate_after (7200s)" in p]
+    assert len(late) == 1 and "on_timeout: escalate" not in late[0], found

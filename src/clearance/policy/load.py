@@ -792,6 +792,16 @@ class _Linker:
         ok = True
         stages: list[Stage] = []
         timeout = plan.timeout_s or DEFAULT_TIMEOUT_S
+        said: set[tuple[str, Location]] = set()
+
+        def add(code: str, message: str, where: Location, hint: str) -> None:
+            """A problem once, though a key of the approval is checked for every stage."""
+            if (code, where) not in said:
+                said.add((code, where))
+                self._add(code, message, where, rule_id, hint)
+
+        checked: set[tuple[str | int, ...]] = set()  # escalate_to entries checked, and failed
+        failed: set[tuple[str | int, ...]] = set()
         for i, stage in enumerate(plan.stages):
             own = raw.stages[i] if raw.stages is not None else None
             spath = (*path, "stages", i) if own is not None else path
@@ -814,54 +824,66 @@ class _Linker:
             after_s = parse_duration(after) if after is not None else None
             levels: list[tuple[str, ...]] = []
             for k, ref in enumerate(targets or ()):
-                if self._check_ref(doc, (*targets_at, k), ref, rule_id, directory):
+                if (*targets_at, k) in checked:
+                    ok = ok and (*targets_at, k) not in failed
                     levels.append(directory.resolve([ref]))
-                else:
+                    continue
+                checked.add((*targets_at, k))
+                if not self._check_ref(doc, (*targets_at, k), ref, rule_id, directory):
+                    failed.add((*targets_at, k))
                     ok = False
+                elif not (people := directory.resolve([ref])):
+                    failed.add((*targets_at, k))
+                    ok = False
+                    add(
+                        "escalation_to_nobody",
+                        f"escalate_to level {k + 1} ({ref}) has nobody in it",
+                        doc.where((*targets_at, k)),
+                        "add people to the group, or escalate to someone who can decide",
+                    )
+                else:
+                    levels.append(people)
             for seconds, key, where in (
                 (remind_s, "remind_after", remind_at),
                 (after_s, "escalate_after", after_at),
             ):
                 if seconds is not None and seconds >= timeout:
                     ok = False
-                    self._add(
+                    suggest = key == "escalate_after" and on_timeout != "escalate"
+                    add(
                         "routing_after_timeout",
                         f"{key} ({seconds}s) is not before the timeout ({timeout}s): it would "
                         "never fire",
                         doc.where(where),
-                        rule_id,
                         f"make {key} shorter than timeout, or lengthen timeout"
-                        + (" (or use on_timeout: escalate)" if key == "escalate_after" else ""),
+                        + (" (or use on_timeout: escalate)" if suggest else ""),
                     )
             if pick not in (None, "all") and len(stage.requirements) > 1:
                 ok = False
-                self._add(
+                add(
                     "pick_with_all_of",
                     f"pick: {pick} chooses people for one requirement, but stage "
                     f"'{stage.name}' has all_of",
                     doc.where(pick_at),
-                    rule_id,
                     "drop pick, or split the all_of into stages with approvers/required",
                 )
             widens = pick not in (None, "all")
             escalates = after_s is not None or on_timeout == "escalate"
             if escalates and not targets and not widens:
                 ok = False
-                self._add(
+                add(
                     "nothing_to_escalate",
                     "escalation is set but names nobody to escalate to",
                     doc.where(after_at if after_s is not None else timeout_at),
-                    rule_id,
                     "add escalate_to: [group:…], or pick: round_robin to widen to the group",
                 )
             if targets and after_s is None and on_timeout != "escalate":
                 ok = False
-                self._add(
+                add(
                     "escalation_never_fires",
                     "escalate_to is set, but neither escalate_after nor on_timeout: escalate "
                     "says when",
                     doc.where(targets_at),
-                    rule_id,
                     "add escalate_after: 2h, or on_timeout: escalate",
                 )
             routing = Routing(
