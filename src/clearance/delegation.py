@@ -2,11 +2,14 @@
 store, applied when the gateway creates an approval.
 
 Delegation: a person names a delegate until a date (`clearance users delegate alice --to bob
---until 2026-12-01`, or the web inbox's Delegation page). While it is in force, requests that
+--until <date>`, or the web inbox's Delegation page). While it is in force, requests that
 would go to alice are routed to bob, who votes in alice's seat (the vote records
 `on_behalf_of`, the audit says "bob for alice"). Rules:
 - the delegate must be in the directory, someone else, with an end in the future, and no
-  loop (a→b while b→a) may form; a person has one delegation at a time (a new one replaces it);
+  loop (a→b while b→a) may form at any time of the new period, counting scheduled
+  delegations; a person has one delegation at a time: one not yet over is replaced only when
+  the caller says so (`replace`), and the replacement is audited (`delegation.cleared` with
+  `replaced_by`, then `delegation.set` with `replaces`);
 - chains are followed (a→b and b→c routes a's requests to c), never onto the requester: a
   delegate who requested the action is skipped and the request goes to the delegator;
 - the delegator keeps the right to vote; the delegator and the delegate count once (whoever
@@ -16,11 +19,16 @@ would go to alice are routed to bob, who votes in alice's seat (the vote records
   to later requests.
 
 Stage routing (`pick`): when a stage's single requirement lists more people than it needs,
-`round_robin` pages the next `required` people of the group in turn (a durable cursor per
-stage and group, locked while it moves, so several servers share one rotation), and
-`least_loaded` those with the fewest pending requests waiting on them through a pick. The rest
-of the group is kept as the requirement's `reserve` and joins at `escalate_after`. A pick that
-would make the plan impossible (one person counts once across stages) is not applied.
+`round_robin` pages the `required` people of the group paged longest ago (never paged first,
+ties in name order: a rotation). The rotation is one per stage of a plan (its rules, position
+and name), whoever asks: the requester, already taken out of the group by the engine, is
+passed over and keeps their place. Its state is durable (`routing_cursors`: a page counter,
+locked while it moves so several servers share one rotation, and each person's last page).
+`least_loaded` pages those whose requests would reach someone (the person, or their delegate
+in force) with the fewest pending requests waiting on them through a pick; picks are recorded
+against the person the request is routed to. The rest of the group is kept as the
+requirement's `reserve` and joins at `escalate_after`. A pick that would make the plan
+impossible (one person counts once across stages) is not applied.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import dataclasses
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import Connection, RowMapping, and_, delete, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -40,7 +48,7 @@ from .audit.entry import AuditDraft
 from .audit.writer import WriteTx
 from .directory import Directory
 from .matching import feasible
-from .policy.model import Pick, ResolvedPlan, ResolvedRequirement, ResolvedStage
+from .policy.model import Pick, ResolvedPlan, ResolvedRequirement
 from .store.schema import approvals, delegations, routing_cursors, routing_picks, votes
 
 MAX_CHAIN = 8
@@ -91,8 +99,13 @@ def set_delegation(
     now: datetime,
     by: str | None = None,
     starts_at: datetime | None = None,
+    replace: bool = True,
 ) -> Delegation:
-    """Name `delegate` for `delegator` from `starts_at` (default now) to `until`."""
+    """Name `delegate` for `delegator` from `starts_at` (default now) to `until`.
+
+    A delegation of `delegator` not yet over is replaced only with `replace` (else
+    `already_delegated`); `delegate_audited` audits the replacement. Messages name no CLI flag
+    or web field: the callers say how to fix it in their own words (see `code`)."""
     for who in (delegator, delegate):
         if directory.get(who) is None:
             raise DelegationError("unknown_person", f"{who!r} is not in the directory")
@@ -101,25 +114,17 @@ def set_delegation(
     start = starts_at or now
     if until <= now:
         raise DelegationError(
-            "until_in_past", f"--until {until.isoformat()} is not in the future; pick a later date"
+            "until_in_past", f"the end, {_when(until)}, is not in the future; pick a later date"
         )
     if until <= start:
         raise DelegationError("empty_period", "the delegation ends before it starts")
-    current = active_map(conn, now)
-    current[delegator] = delegate
-    seen = [delegator]
-    cursor = delegate
-    while cursor in current:
-        seen.append(cursor)
-        cursor = current[cursor]
-        if cursor == delegator:
-            chain = " → ".join([*seen, delegator])
-            raise DelegationError(
-                "delegation_loop",
-                f"this would make a loop ({chain}); end {seen[1]}'s delegation first",
-            )
-        if len(seen) > MAX_CHAIN:
-            break
+    existing = get_delegation(conn, delegator)
+    if existing is not None and existing.until > now and not replace:
+        raise DelegationError(
+            "already_delegated",
+            f"{delegator} already has a delegate: {existing.delegate} {_period(existing, now)}",
+        )
+    _refuse_loops(conn, delegator=delegator, delegate=delegate, start=start, until=until, now=now)
     conn.execute(delete(delegations).where(delegations.c.delegator == delegator))
     conn.execute(
         insert(delegations).values(
@@ -134,11 +139,50 @@ def set_delegation(
     return Delegation(delegator, delegate, start, until, by, now)
 
 
-def clear_delegation(conn: Connection, delegator: str) -> Delegation | None:
-    """End `delegator`'s delegation; returns it, or None when there was none."""
+def _refuse_loops(
+    conn: Connection,
+    *,
+    delegator: str,
+    delegate: str,
+    start: datetime,
+    until: datetime,
+    now: datetime,
+) -> None:
+    """Raise `delegation_loop` when `delegator` → `delegate` would close a loop at any time of
+    [start, until) with the other delegations in force or scheduled then. The delegations in
+    force change only when one starts: a loop at time t is also there at the latest start
+    among its delegations (or at the new period's start), so those instants are checked."""
+    lo = max(start, now)
+    others = [
+        d for d in list_delegations(conn, lo) if d.delegator != delegator and d.starts_at < until
+    ]
+    instants = sorted({lo, *(d.starts_at for d in others if lo < d.starts_at < until)})
+    for t in instants:
+        current = {d.delegator: d.delegate for d in others if d.active(t)}
+        current[delegator] = delegate
+        seen = [delegator]
+        cursor = delegate
+        while cursor in current and len(seen) <= MAX_CHAIN:
+            seen.append(cursor)
+            cursor = current[cursor]
+            if cursor == delegator:
+                chain = " → ".join([*seen, delegator])
+                when = f" from {_when(t)}" if t > now else ""
+                raise DelegationError(
+                    "delegation_loop",
+                    f"this would make a loop ({chain}){when}; end {seen[1]}'s delegation first",
+                )
+
+
+def clear_delegation(
+    conn: Connection, delegator: str, now: datetime | None = None
+) -> Delegation | None:
+    """End `delegator`'s delegation; returns it, or None when there was none. With `now`, one
+    already over counts as none (it is left as it is, for `users delegates --all`)."""
     found = get_delegation(conn, delegator)
-    if found is not None:
-        conn.execute(delete(delegations).where(delegations.c.delegator == delegator))
+    if found is None or (now is not None and found.until <= now):
+        return None
+    conn.execute(delete(delegations).where(delegations.c.delegator == delegator))
     return found
 
 
@@ -219,8 +263,12 @@ def delegate_audited(
     by: str | None,
     channel: str,
     starts_at: datetime | None = None,
+    replace: bool = False,
 ) -> Delegation:
-    """`set_delegation` and its audit entry (`delegation.set`), in one transaction."""
+    """`set_delegation` and its audit entry (`delegation.set`), in one transaction. A
+    delegation not yet over is replaced only with `replace`; the replaced one is audited as
+    `delegation.cleared` (with `replaced_by`) and the new entry names it (`replaces`)."""
+    before = get_delegation(tx.conn, delegator)
     made = set_delegation(
         tx.conn,
         directory,
@@ -230,7 +278,27 @@ def delegate_audited(
         now=now,
         by=by,
         starts_at=starts_at,
+        replace=replace,
     )
+    replaced = before if before is not None and before.until > now else None
+    if replaced is not None:
+        tx.audit(
+            AuditDraft(
+                kind="delegation.cleared",
+                ts=now,
+                actor=by,
+                approver=replaced.delegate,
+                channel=channel,
+                data={
+                    **replaced.to_json(),
+                    "replaced_by": made.delegate,
+                    "summary": f"{made.delegate} for {delegator} replaces {replaced.delegate}",
+                },
+            )
+        )
+    data: dict[str, object] = {**made.to_json(), "summary": f"{delegate} for {delegator}"}
+    if replaced is not None:
+        data["replaces"] = replaced.to_json()
     tx.audit(
         AuditDraft(
             kind="delegation.set",
@@ -238,7 +306,7 @@ def delegate_audited(
             actor=by,
             approver=delegate,
             channel=channel,
-            data={**made.to_json(), "summary": f"{delegate} for {delegator}"},
+            data=data,
         )
     )
     return made
@@ -247,8 +315,9 @@ def delegate_audited(
 def undelegate_audited(
     tx: WriteTx, *, delegator: str, now: datetime, by: str | None, channel: str
 ) -> Delegation | None:
-    """`clear_delegation` and its audit entry (`delegation.cleared`) when there was one."""
-    ended = clear_delegation(tx.conn, delegator)
+    """`clear_delegation` and its audit entry (`delegation.cleared`) when there was one in
+    force or scheduled; one already over is not touched nor audited (returns None)."""
+    ended = clear_delegation(tx.conn, delegator, now)
     if ended is not None:
         tx.audit(
             AuditDraft(
@@ -270,7 +339,7 @@ def route(conn: Connection, stored: StoredApproval, now: datetime) -> StoredAppr
     """The approval as it should be created: `pick` applied to each stage that asks for it,
     and the delegations in force captured. In the creating transaction."""
     a = stored.approval
-    plan = _pick(conn, a, now)
+    plan = _pick(conn, a, now, stored.rules)
     people = [
         p
         for stage in plan.stages
@@ -303,7 +372,8 @@ def audit_data(approval: Approval) -> dict[str, object]:
 
 def load(conn: Connection, people: Iterable[str]) -> dict[str, int]:
     """How many pending requests wait on each person through a pick (their current stage,
-    and they have not voted)."""
+    and they have not voted). A pick is recorded against the person the request is routed to:
+    the delegate in force for a picked person who is away."""
     wanted = list(dict.fromkeys(people))
     voted = exists().where(
         and_(
@@ -329,7 +399,9 @@ def load(conn: Connection, people: Iterable[str]) -> dict[str, int]:
     return {p: counts.get(p, 0) for p in wanted}
 
 
-def _pick(conn: Connection, a: Approval, now: datetime) -> ResolvedPlan:
+def _pick(
+    conn: Connection, a: Approval, now: datetime, rules: tuple[str, ...] = ()
+) -> ResolvedPlan:
     stages = list(a.plan.stages)
     for i, stage in enumerate(stages):
         routing = stage.routing
@@ -339,11 +411,14 @@ def _pick(conn: Connection, a: Approval, now: datetime) -> ResolvedPlan:
         pool = tuple(p for p in dict.fromkeys(req.approvers) if p != a.requester)
         if len(pool) <= req.required:
             continue
+        routed = _routed(conn, now, pool, a.requester)
         if routing.pick is Pick.ROUND_ROBIN:
-            chosen = _round_robin(conn, stage, req.approvers, a.requester, req.required, now)
+            rotation = "\x1f".join([*rules, str(i), stage.name])
+            chosen = _round_robin(conn, rotation, pool, req.required, now)
         else:
-            loads = load(conn, pool)
-            chosen = sorted(pool, key=lambda p: (loads[p], pool.index(p)))[: req.required]
+            loads = load(conn, routed.values())
+            ranked = sorted(pool, key=lambda p: (loads[routed[p]], pool.index(p)))
+            chosen = _distinct_seats(ranked, routed, req.required)
         picked = tuple(p for p in pool if p in chosen)
         narrowed = dataclasses.replace(
             stage,
@@ -361,25 +436,50 @@ def _pick(conn: Connection, a: Approval, now: datetime) -> ResolvedPlan:
                 insert(routing_picks),
                 [
                     {"approval_id": a.id, "stage_index": i, "person": p, "picked_at": now}
-                    for p in picked
+                    for p in dict.fromkeys(routed[q] for q in picked)
                 ],
             )
     return dataclasses.replace(a.plan, stages=tuple(stages))
 
 
+def _routed(
+    conn: Connection, now: datetime, pool: tuple[str, ...], requester: str | None
+) -> dict[str, str]:
+    """Who each of `pool` would be routed to now: their delegate in force (chains followed,
+    as `route` captures them), else themselves."""
+    found = _chain_people(conn, now, pool)
+    routed = {p: p for p in pool}
+    if found:
+        routed.update(resolve_delegates(found, pool, requester))
+    return routed
+
+
+def _distinct_seats(ranked: list[str], routed: Mapping[str, str], k: int) -> list[str]:
+    """The first `k` of `ranked`, passing over one whose request would reach the same person
+    as one already chosen (a delegate holds one seat), unless there are too few others."""
+    chosen: list[str] = []
+    reached: set[str] = set()
+    for p in ranked:
+        if len(chosen) < k and routed[p] not in reached:
+            chosen.append(p)
+            reached.add(routed[p])
+    for p in ranked:
+        if len(chosen) < k and p not in chosen:
+            chosen.append(p)
+    return chosen
+
+
 def _round_robin(
-    conn: Connection,
-    stage: ResolvedStage,
-    group_people: tuple[str, ...],
-    requester: str | None,
-    k: int,
-    now: datetime,
+    conn: Connection, rotation: str, candidates: tuple[str, ...], k: int, now: datetime
 ) -> list[str]:
-    """The next `k` people of the group in turn, passing over the requester; the cursor row
-    is locked while it moves (one rotation per stage name and group, whoever asks)."""
-    ordered = sorted(set(group_people))
-    group = hashlib.sha256("\x1f".join(ordered).encode()).hexdigest()[:24]
-    key = f"rr:{stage.name}:{group}"[:255]
+    """The `k` candidates paged longest ago in this rotation (never paged first, ties in name
+    order): over a fixed group, each in turn. The requester is not among the candidates: they
+    are passed over and keep their place, and the rotation is the same whoever asks.
+
+    State (`routing_cursors`): `rr:<rotation>` counts the pages, locked while it moves (one
+    rotation shared by several servers); `rr:<rotation>:<person>` is that count when each was
+    last paged."""
+    key = f"rr:{_digest(rotation)}"
     savepoint = conn.begin_nested()
     try:
         conn.execute(insert(routing_cursors).values(key=key, position=0, updated_at=now))
@@ -390,20 +490,48 @@ def _round_robin(
     query = select(routing_cursors.c.position).where(routing_cursors.c.key == key)
     if conn.dialect.name == "postgresql":
         query = query.with_for_update()
-    position = int(conn.execute(query).scalar_one())
-    chosen: list[str] = []
-    step = 0
-    while len(chosen) < k and step < len(ordered):
-        person = ordered[(position + step) % len(ordered)]
-        step += 1
-        if person != requester:
-            chosen.append(person)
+    paged = int(conn.execute(query).scalar_one())
+    keys = {p: f"{key}:{_digest(p)}" for p in candidates}
+    last = {
+        str(row_key): int(n)
+        for row_key, n in conn.execute(
+            select(routing_cursors.c.key, routing_cursors.c.position).where(
+                routing_cursors.c.key.in_(list(keys.values()))
+            )
+        )
+    }
+    chosen = sorted(candidates, key=lambda p: (last.get(keys[p], 0), p))[:k]
+    for p in chosen:
+        paged += 1
+        moved = conn.execute(
+            update(routing_cursors)
+            .where(routing_cursors.c.key == keys[p])
+            .values(position=paged, updated_at=now)
+        )
+        if moved.rowcount == 0:
+            conn.execute(
+                insert(routing_cursors).values(key=keys[p], position=paged, updated_at=now)
+            )
     conn.execute(
         update(routing_cursors)
         .where(routing_cursors.c.key == key)
-        .values(position=(position + step) % len(ordered), updated_at=now)
+        .values(position=paged, updated_at=now)
     )
     return chosen
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _when(at: datetime) -> str:
+    return f"{at.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+
+
+def _period(d: Delegation, now: datetime) -> str:
+    if d.starts_at > now:
+        return f"from {_when(d.starts_at)} until {_when(d.until)}"
+    return f"until {_when(d.until)}"
 
 
 def _delegation(row: RowMapping) -> Delegation:

@@ -6,21 +6,26 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
+from clearance.delegation import load, set_delegation
 from clearance.gateway import Gateway
 from clearance.policy import Request
+from clearance.store.reads import read
+from clearance.store.schema import routing_cursors
 from clearance.testing import FrozenClock
 
 POLICY = """
 version: 1
 directory:
   people:
-    - {id: ann, groups: [ops]}
-    - {id: ben, groups: [ops]}
-    - {id: cat, groups: [ops]}
+    - {id: ann, groups: [ops, trio]}
+    - {id: ben, groups: [ops, trio]}
+    - {id: cat, groups: [ops, trio]}
     - {id: dev, groups: [ops]}
     - {id: eve, groups: [ops, leads]}
     - {id: req}
@@ -47,6 +52,16 @@ policies:
         stages:
           - {name: ops, approvers: [group:ops], pick: round_robin}
           - {name: leads, approvers: [group:leads]}
+    - id: one
+      actions: [page]
+      effect: approve
+      approval:
+        stages: [{name: trio, approvers: [group:trio], pick: round_robin}]
+    - id: ll2
+      actions: [drain]
+      effect: approve
+      approval:
+        stages: [{name: ops, approvers: [group:ops], required: 2, pick: least_loaded}]
 """
 
 
@@ -128,3 +143,71 @@ async def test_a_pick_that_would_make_the_plan_impossible_is_not_applied(gw: Gat
         assert picked != ("eve",)
     whole = [p for _, p in plans if len(p) > 1]
     assert whole and all("eve" in p for p in whole)
+
+
+async def test_round_robin_is_one_rotation_whoever_asks(gw: Gateway) -> None:
+    """Members of the group asking do not start a rotation of their own (the engine has
+    already taken the requester out of the group): req pages ann, ben, cat, ann; then ben
+    asks and gets cat, not ann again; a requester whose turn it is is passed over and keeps
+    their place. One rotation is stored for the stage."""
+    order = [
+        (await ask(gw, "page", user))[1]
+        for user in ["req", "req", "req", "req", "ben", "req", "cat", "ann", "req"]
+    ]
+    assert order == [
+        ("ann",), ("ben",), ("cat",), ("ann",), ("cat",), ("ben",), ("ann",), ("cat",), ("ben",),
+    ]  # fmt: skip
+    keys = await read(gw.db, lambda c: list(c.execute(select(routing_cursors.c.key)).scalars()))
+    assert len({k.split(":")[1] for k in keys}) == 1
+
+
+async def test_round_robin_stays_fair_when_members_ask(gw: Gateway) -> None:
+    """2 of 5 over 100 requests, asked in turn by members and by someone outside the group:
+    never the requester, never someone paged by the request just before, and the pages are
+    spread evenly (the requesters do not lose their place)."""
+    users = ["ann", "req", "ben", "cat", "req", "dev", "eve"]
+    counts: Counter[str] = Counter()
+    before: tuple[str, ...] = ()
+    for n in range(100):
+        user = users[n % len(users)]
+        _, picked = await ask(gw, "deploy", user)
+        assert len(set(picked)) == 2 and user not in picked
+        assert not set(picked) & set(before), (n, before, picked)
+        counts.update(picked)
+        before = picked
+    assert max(counts.values()) - min(counts.values()) <= 2, counts
+
+
+def away(gw: Gateway, delegator: str, delegate: str) -> None:
+    now = gw.clock()
+    gw.writer.run_sync(
+        lambda tx: set_delegation(
+            tx.conn, gw.policy.directory, delegator=delegator, delegate=delegate,
+            until=now + timedelta(days=7), now=now,
+        )
+    )  # fmt: skip
+
+
+async def test_least_loaded_counts_load_against_the_delegate(gw: Gateway) -> None:
+    """ann is away (ann → ben): a pick of ann pages ben, so it loads ben. Eight requests page
+    ben, cat, dev and eve twice each (not ben four times), and the load is ben's."""
+    away(gw, "ann", "ben")
+    paged: Counter[str] = Counter()
+    for _ in range(8):
+        result = await gw.check(Request("restart", {}, {"user": "req"}))
+        assert result.approval is not None
+        paged.update(result.approval.approval.open_voters())
+    assert paged == {"ben": 2, "cat": 2, "dev": 2, "eve": 2}
+    loads = await read(gw.db, lambda c: load(c, ["ann", "ben", "cat", "dev", "eve"]))
+    assert loads == {"ann": 0, "ben": 2, "cat": 2, "dev": 2, "eve": 2}
+
+
+async def test_least_loaded_does_not_give_a_delegate_two_seats(gw: Gateway) -> None:
+    """2 of 5 with ann → ben: ann and ben would both reach ben (who counts once), so the
+    request pages ann (for ben) and cat: two different people can meet it."""
+    away(gw, "ann", "ben")
+    result = await gw.check(Request("drain", {}, {"user": "req"}))
+    assert result.approval is not None
+    a = result.approval.approval
+    assert a.plan.stages[0].requirements[0].approvers == ("ann", "cat")
+    assert set(a.open_voters()) == {"ben", "cat"}

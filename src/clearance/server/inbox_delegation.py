@@ -1,8 +1,10 @@
 """Delegation in the web inbox: a signed-in approver names a delegate while they are away.
 
 - `GET /ui/delegation` — my delegation (if any), who has named me, and a form to name one;
-- `POST /ui/delegation` — name a delegate until a date (the rules of `clearance.delegation`:
-  someone else in the directory, a future end, no loop);
+- `POST /ui/delegation` — name a delegate through a last day away (a date: the delegation
+  covers that whole day, to 00:00 UTC the day after), by the rules of `clearance.delegation`:
+  someone else in the directory, a future end, no loop. The form replaces my delegation only
+  when the page showed it ("Change delegate"); the replacement is audited;
 - `POST /ui/delegation/end` — end my delegation.
 
 Every POST checks the session's CSRF token; every change is audited (`delegation.set`,
@@ -11,7 +13,7 @@ Every POST checks the session's CSRF token; every change is audited (`delegation
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
@@ -83,7 +85,7 @@ async def set_delegate(request: Request) -> Response:
     if until is None:
         return await _render(
             request, viewer, status=400, form=form,
-            error="Give the date you are back, as YYYY-MM-DD.",
+            error="Give your last day away, as YYYY-MM-DD.",
         )  # fmt: skip
     gateway = inbox._gateway(request)
     now = gateway.clock()
@@ -99,10 +101,11 @@ async def set_delegate(request: Request) -> Response:
                 now=now,
                 by=viewer.id,
                 channel=inbox.CHANNEL,
+                replace=form.get("replace") == "1",
             )
         )
     except DelegationError as exc:
-        return await _render(request, viewer, status=400, form=form, error=exc.message)
+        return await _render(request, viewer, status=400, form=form, error=_message(exc, form))
     return RedirectResponse("/ui/delegation?done=set", status_code=303)
 
 
@@ -123,8 +126,24 @@ async def end_delegation(request: Request) -> Response:
 
 
 def _parse_date(value: str) -> datetime | None:
-    """`YYYY-MM-DD` (the browser's date field): 00:00 UTC that day, when you are back."""
+    """`YYYY-MM-DD` (the browser's date field): the last day away, covered whole: the
+    delegation ends at 00:00 UTC the day after."""
     try:
-        return datetime.combine(date.fromisoformat(value.strip()[:10]), time(0), tzinfo=UTC)
-    except ValueError:
+        day = date.fromisoformat(value.strip()[:10])
+        return datetime.combine(day + timedelta(days=1), time(0), tzinfo=UTC)
+    except (ValueError, OverflowError):
         return None
+
+
+def _message(exc: DelegationError, form: dict[str, str]) -> str:
+    """The refusal in the page's words (the core's messages suit every channel, but a date
+    here is a last day, not an end time)."""
+    if exc.code == "until_in_past":
+        day = form.get("until", "").strip()[:10]
+        return f"the end of {day} is not in the future: choose today or a later day."
+    if exc.code == "already_delegated":
+        return (
+            f'{exc.message}. To change it, use "Change delegate" below; to stop it, '
+            '"End my delegation".'
+        )
+    return exc.message

@@ -1,0 +1,149 @@
+"""Delegation periods: loops checked over the whole new period (scheduled delegations
+included), a delegation not yet over replaced only when asked (and audited), and ending one
+that is already over. On SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+
+from clearance.audit.export import iter_entries
+from clearance.audit.writer import AuditWriter
+from clearance.delegation import (
+    DelegationError,
+    active_map,
+    delegate_audited,
+    get_delegation,
+    list_delegations,
+    set_delegation,
+    undelegate_audited,
+)
+from clearance.policy import load_policy_text
+from clearance.store.database import Database
+from clearance.testing import FrozenClock
+
+DIRECTORY = load_policy_text(
+    """
+version: 1
+directory:
+  people: [{id: alice}, {id: bob}, {id: carol}, {id: dana}, {id: erin}, {id: mike}, {id: zed}]
+policies: {default: deny, rules: []}
+"""
+).directory
+NOW = FrozenClock()()
+DAY = timedelta(days=1)
+
+
+def attempt(
+    database: Database,
+    delegator: str,
+    delegate: str,
+    until: datetime,
+    start: datetime | None = None,
+    *,
+    replace: bool = True,
+) -> str:
+    try:
+        with database.begin() as conn:
+            if replace:  # the default
+                set_delegation(
+                    conn, DIRECTORY, delegator=delegator, delegate=delegate, until=until,
+                    now=NOW, starts_at=start,
+                )  # fmt: skip
+            else:
+                set_delegation(
+                    conn, DIRECTORY, delegator=delegator, delegate=delegate, until=until,
+                    now=NOW, starts_at=start, replace=False,
+                )  # fmt: skip
+    except DelegationError as exc:
+        return f"{exc.code}: {exc.message}"
+    return "ok"
+
+
+def test_a_scheduled_delegation_closes_a_loop(database: Database) -> None:
+    """dana → erin from tomorrow, then erin → dana from now: at tomorrow they would loop,
+    so the second is refused, saying from when. erin → dana ending before dana's starts is
+    fine, and so is the reverse order."""
+    assert attempt(database, "dana", "erin", NOW + 30 * DAY, NOW + DAY) == "ok"
+    refused = attempt(database, "erin", "dana", NOW + 30 * DAY)
+    assert refused.startswith("delegation_loop: this would make a loop (erin → dana → erin)")
+    assert "from 2026-11-25 14:00 UTC" in refused
+    assert attempt(database, "erin", "dana", NOW + DAY) == "ok"  # over when dana's starts
+    with database.connect() as conn:
+        assert active_map(conn, NOW) == {"erin": "dana"}
+        assert active_map(conn, NOW + DAY) == {"dana": "erin"}
+
+
+def test_a_loop_through_a_chain_of_scheduled_delegations(database: Database) -> None:
+    """alice → bob (days 2–5) and bob → carol (days 3–10): carol → alice now until day 4
+    would loop on day 3; until day 3 it never meets bob → carol and is accepted."""
+    assert attempt(database, "alice", "bob", NOW + 5 * DAY, NOW + 2 * DAY) == "ok"
+    assert attempt(database, "bob", "carol", NOW + 10 * DAY, NOW + 3 * DAY) == "ok"
+    refused = attempt(database, "carol", "alice", NOW + 4 * DAY)
+    assert refused.startswith("delegation_loop: this would make a loop (carol → alice → bob")
+    assert attempt(database, "carol", "alice", NOW + 3 * DAY) == "ok"
+
+
+def test_a_delegation_not_yet_over_is_replaced_only_when_asked(database: Database) -> None:
+    """mike → zed until next month; a later mike → erin for a few days is refused without
+    `replace`, naming the current delegate and its end; mike → zed is still there."""
+    assert attempt(database, "mike", "zed", NOW + 30 * DAY) == "ok"
+    refused = attempt(database, "mike", "erin", NOW + 30 * DAY, NOW + 26 * DAY, replace=False)
+    assert refused == (
+        "already_delegated: mike already has a delegate: zed until 2026-12-24 14:00 UTC"
+    )
+    with database.connect() as conn:
+        kept = get_delegation(conn, "mike")
+    assert kept is not None and kept.delegate == "zed"
+    # a delegation already over is no obstacle
+    with database.begin() as conn:
+        set_delegation(
+            conn, DIRECTORY, delegator="dana", delegate="erin", until=NOW - DAY,
+            now=NOW - 2 * DAY,
+        )  # fmt: skip
+    assert attempt(database, "dana", "erin", NOW + DAY, replace=False) == "ok"
+
+
+async def test_replacing_and_ending_are_audited_and_an_ended_one_is_left_alone(
+    database: Database,
+) -> None:
+    """A replacement is audited: `delegation.cleared` for the old one (`replaced_by`), then
+    `delegation.set` naming it (`replaces`). Ending a delegation already over returns None,
+    audits nothing and leaves it listed in the history."""
+    writer = AuditWriter(database)
+
+    def name(delegate: str, until: datetime, start: datetime | None, replace: bool):  # type: ignore[no-untyped-def]
+        return lambda tx: delegate_audited(
+            tx, DIRECTORY, delegator="mike", delegate=delegate, until=until, now=NOW,
+            by="ops", channel="cli", starts_at=start, replace=replace,
+        )  # fmt: skip
+
+    await writer.run(name("zed", NOW + 30 * DAY, None, False))
+    with pytest.raises(DelegationError) as info:
+        await writer.run(name("erin", NOW + 30 * DAY, NOW + 26 * DAY, False))
+    assert info.value.code == "already_delegated"
+    await writer.run(name("erin", NOW + 30 * DAY, NOW + 26 * DAY, True))
+    entries = [e for e in iter_entries(database) if e.kind.startswith("delegation")]
+    assert [(e.kind, e.approver) for e in entries] == [
+        ("delegation.set", "zed"),
+        ("delegation.cleared", "zed"),
+        ("delegation.set", "erin"),
+    ]
+    assert entries[1].data["replaced_by"] == "erin"
+    assert entries[2].data["replaces"]["delegate"] == "zed"
+
+    with database.begin() as conn:
+        set_delegation(
+            conn, DIRECTORY, delegator="dana", delegate="erin", until=NOW - DAY,
+            now=NOW - 2 * DAY,
+        )  # fmt: skip
+    ended = await writer.run(
+        lambda tx: undelegate_audited(tx, delegator="dana", now=NOW, by="ops", channel="cli")
+    )
+    assert ended is None
+    await writer.aclose()
+    kinds = [e.kind for e in iter_entries(database) if e.kind.startswith("delegation")]
+    assert len(kinds) == 3
+    with database.connect() as conn:
+        assert [d.delegator for d in list_delegations(conn)] == ["dana", "mike"]

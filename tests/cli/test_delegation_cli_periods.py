@@ -1,0 +1,119 @@
+"""`clearance users delegate | undelegate` with periods: a scheduled loop is refused, a
+delegation not yet over is not replaced silently, hints give dates that are not past, and
+`undelegate` tells apart an unknown person and a delegation already over."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from clearance.audit.export import iter_entries
+from clearance.cli import app
+from clearance.delegation import set_delegation
+from clearance.policy import load_policy
+from clearance.store.database import open_database
+
+from ..fixtures import ENTERPRISE
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/c.db"
+
+
+def run(db: str, *args: str) -> tuple[int, str]:
+    result = runner.invoke(app, [*args, "--config", str(ENTERPRISE), "--database-url", db])
+    return result.exit_code, result.output
+
+
+def kinds(db: str) -> list[tuple[str, str | None]]:
+    database = open_database(db)
+    try:
+        return [(e.kind, e.approver) for e in iter_entries(database) if e.kind.startswith("dele")]
+    finally:
+        database.dispose()
+
+
+def day(days: int) -> str:
+    return (datetime.now(UTC) + timedelta(days=days)).date().isoformat()
+
+
+def test_a_scheduled_delegation_that_would_loop_is_refused(db: str) -> None:
+    """dana → erin from tomorrow; erin → dana from now would loop from tomorrow: refused."""
+    code, out = run(db, "users", "delegate", "dana", "--to", "erin", "--from", day(1),
+                    "--until", day(60))  # fmt: skip
+    assert code == 0, out
+    code, out = run(db, "users", "delegate", "erin", "--to", "dana", "--until", day(60))
+    assert code == 1 and "erin → dana → erin" in out, out
+    assert kinds(db) == [("delegation.set", "erin")]
+
+
+def test_a_later_delegation_does_not_silently_replace_the_current_one(db: str) -> None:
+    """alice → bob until day 60; alice → erin for days 20–24 is refused, saying who and until
+    when, and how to replace it; with --replace it replaces it, says so, and the audit has
+    the old one cleared (replaced_by) before the new one."""
+    assert run(db, "users", "delegate", "alice", "--to", "bob", "--until", day(60))[0] == 0
+    code, out = run(db, "users", "delegate", "alice", "--to", "erin", "--from", day(20),
+                    "--until", day(24))  # fmt: skip
+    assert code == 1, out
+    flat = " ".join(out.split())
+    assert f"alice already has a delegate: bob until {day(60)} 00:00 UTC" in flat
+    assert "clearance users undelegate alice" in flat and "--replace" in flat
+    listed = json.loads(run(db, "users", "delegates", "--json")[1])
+    assert [(d["delegator"], d["delegate"]) for d in listed] == [("alice", "bob")]
+    code, out = run(db, "users", "delegate", "alice", "--to", "erin", "--from", day(20),
+                    "--until", day(24), "--replace")  # fmt: skip
+    assert code == 0 and "replaces bob" in out, out
+    assert kinds(db) == [
+        ("delegation.set", "bob"),
+        ("delegation.cleared", "bob"),
+        ("delegation.set", "erin"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["alice", "--to", "bob", "--until", "2001-01-01"],
+        ["alice", "--to", "bob", "--until", "next week"],
+    ],
+)
+def test_hints_give_example_dates_that_are_not_past(db: str, args: list[str]) -> None:
+    """The example date in a hint is after today, whatever today is."""
+    code, out = run(db, "users", "delegate", *args)
+    assert code == 1
+    hint = out[out.index("hint:") :]
+    examples = re.findall(r"\d{4}-\d{2}-\d{2}", hint)
+    assert examples and all(date.fromisoformat(d) > datetime.now(UTC).date() for d in examples)
+
+
+def test_undelegate_an_unknown_person_says_so(db: str) -> None:
+    code, out = run(db, "users", "undelegate", "ghost")
+    assert code == 1 and "'ghost' is not in the directory" in out, out
+
+
+def test_undelegate_a_delegation_already_over_is_not_a_success(db: str) -> None:
+    """A delegation that ended is not "ended" again: exit 1, "no delegate in force", nothing
+    audited, and it stays in `users delegates --all`."""
+    assert run(db, "users", "delegates")[0] == 0  # creates the database
+    database = open_database(db)
+    past = datetime(2020, 1, 1, tzinfo=UTC)
+    with database.begin() as conn:
+        set_delegation(
+            conn, load_policy(ENTERPRISE).directory, delegator="alice", delegate="bob",
+            until=past + timedelta(days=7), now=past,
+        )  # fmt: skip
+    database.dispose()
+    code, out = run(db, "users", "undelegate", "alice")
+    assert code == 1 and "alice has no delegate in force" in out, out
+    assert "ended 2020-01-08" in out and "no longer go to" not in out
+    assert kinds(db) == []
+    listed = json.loads(run(db, "users", "delegates", "--all", "--json")[1])
+    assert [d["delegator"] for d in listed] == ["alice"]
