@@ -265,7 +265,7 @@ def _count(out: Summaries, facts: Any, t: float, refused: bool, keep: int, burst
             (SEEN_DEVICE, facts.device),
             (SEEN_PAYEE, facts.payee),
         ):
-            if value:
+            if value and not refused:  # a refused request vouches for nothing (`updaters`)
                 out.seen[(kind, facts.actor, value)] = t
     if facts.agent:
         key = (AGENT_ACTION, facts.agent, facts.action)
