@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from clearance.approvals import VoteRejected, cast_vote
+from clearance.approvals import VoteRejected, cast_vote, summary
 from clearance.audit.export import iter_entries
 from clearance.audit.writer import WriteTx
 from clearance.channels.hub import ChannelHub
@@ -32,7 +32,7 @@ from clearance.store.reads import read
 from clearance.testing import FrozenClock, MemoryChannel
 from clearance.testing.outbox import run_outbox
 
-from .factories import SOON, approve, deny, new, plan, req, stage
+from .factories import SOON, approve, deny, new, plan, req, run, stage
 
 POLICY = """
 version: 1
@@ -108,6 +108,65 @@ def test_delegate_cannot_vote_twice_under_two_names() -> None:
     again = cast_vote(once, approve("dana"), SOON)  # a repeat: recorded once, no second seat
     assert not again.changed and again.approval.stage_progress(0)[0].needed == 1
     assert not once.pending_on("dana")
+
+
+def test_delegate_vote_that_would_strand_a_later_stage_is_refused() -> None:
+    """Stage 1 [alice], stage 2 [dana], alice→dana. dana approving stage 1 for alice would
+    use her up (one person counts once, in any seat) and leave stage 2 with nobody: it is
+    refused `needed_later`, naming alice, who may still approve; the request is routed to
+    alice, not dana. After alice's own approval dana completes stage 2."""
+    a = new(plan(stage("manager", req("alice")), stage("finance", req("dana"))))
+    a = replace(a, delegations=(("alice", "dana"),))
+    assert a.open_voters() == ("alice",)
+    assert a.pending_on("alice") and not a.pending_on("dana")
+    with pytest.raises(VoteRejected) as info:
+        cast_vote(a, approve("dana"), SOON)
+    assert info.value.code == "needed_later"
+    assert info.value.message.endswith("stage 1 of 2 (manager) may be approved by: alice")
+    after_alice = run(a, approve("alice"))
+    assert after_alice.open_voters() == ("dana",) and after_alice.pending_on("dana")
+    done = run(after_alice, approve("dana"))
+    assert done.state.value == "approved"
+
+
+def test_a_delegate_who_voted_is_used_up_for_later_stages() -> None:
+    """bob approved stage 1 for alice; stage 2 [bob, erin] needs 1: only erin can fill it
+    (bob voted, in alice's seat), and a plan whose stage 2 needs both is refused at bob's
+    vote instead of hanging (the completability check counts the delegate, not only the
+    seat)."""
+    one = new(plan(stage("manager", req("alice")), stage("finance", req("bob", "erin"))))
+    one = replace(one, delegations=(("alice", "bob"),))
+    after_bob = run(one, approve("bob"))
+    assert after_bob.open_voters() == ("erin",) and not after_bob.pending_on("bob")
+    with pytest.raises(VoteRejected) as info:
+        cast_vote(after_bob, approve("bob"), SOON)
+    assert info.value.code == "already_counted"
+    both = new(
+        plan(stage("manager", req("alice")), stage("finance", req("bob", "erin", required=2)))
+    )
+    both = replace(both, delegations=(("alice", "bob"),))
+    assert not both.can_still_complete("bob", seat="alice") and both.can_still_complete("alice")
+    with pytest.raises(VoteRejected) as info:
+        cast_vote(both, approve("bob"), SOON)
+    assert info.value.code == "needed_later"
+    assert run(both, approve("alice"), approve("bob"), approve("erin")).state.value == "approved"
+
+
+def test_the_decision_names_who_voted_for_whom() -> None:
+    """bob approves alice's one-stage request for her: the decided reason (the API's
+    `decided_reason` and `summary`, the audit's `approval.decided`) says "bob for alice",
+    the same wording as the vote's audit entry (`Vote.acting`); the stage's progress keeps
+    alice's seat and names the vote that filled it."""
+    a = replace(new(plan(stage("manager", req("alice")))), delegations=(("alice", "bob"),))
+    done = run(a, approve("bob"))
+    assert done.decided_reason == "approved by bob for alice (manager)"
+    assert summary(done) == "approved — by bob for alice (manager)"
+    (progress,) = done.stage_progress(0)
+    assert progress.counted == ("alice",)
+    assert [v.acting() for v in progress.votes] == ["bob for alice"]
+    assert progress.votes[0].acting(str.upper) == "BOB for ALICE"
+    own = run(new(plan(stage("manager", req("alice")))), approve("alice"))
+    assert own.decided_reason == "approved by alice (manager)"
 
 
 def test_a_delegate_can_deny_for_the_delegator() -> None:
@@ -230,6 +289,12 @@ async def test_requests_route_to_the_delegate_and_the_audit_says_bob_for_alice(
     vote = next(e for e in entries if e.kind == "vote")
     assert vote.approver == "bob" and vote.data["acting"] == "bob for alice"
     assert vote.data["on_behalf_of"] == "alice"
+    done = await gw.approvals.decide(approval_id, person="dana", decision="approve")
+    reason = "approved by bob for alice (manager), dana (finance)"
+    assert done.approval.decided_reason == reason
+    entries = [e for e in iter_entries(gw.db) if e.approval_id == approval_id]
+    decided = next(e for e in entries if e.kind == "approval.decided")
+    assert decided.data["reason"] == reason
     await hub.aclose()
 
 

@@ -480,3 +480,31 @@ def test_session_lookup_refuses_unknown_expired_and_revoked_tokens(env: Env) -> 
         assert sessions.lookup(conn, gone.token, now) is None
         assert sessions.lookup(conn, live.token + "x", now) is None
         assert sessions.lookup(conn, live.token, now + sessions.SESSION_TTL) is None
+
+
+async def test_the_request_page_names_a_delegate_and_whom_they_stood_in_for(env: Env) -> None:
+    """Alice is away and Frank approves in her seat: the page says "Frank … for Alice Ng",
+    where it used to credit Alice alone."""
+    from clearance import delegation
+
+    now = env.clock()
+    await env.gateway.writer.run(
+        lambda tx: delegation.delegate_audited(
+            tx,
+            env.gateway.engine.policy.directory,
+            delegator="alice",
+            delegate="frank",
+            until=now + timedelta(days=7),
+            now=now,
+            by="alice",
+            channel="cli",
+        )
+    )
+    approval_id = await new_transfer(env)
+    await env.gateway.approvals.decide(approval_id, person="frank", decision="approve")
+    async with signed_in(env, "alice") as client:
+        page = await client.get(f"/ui/approvals/{approval_id}")
+    assert page.status_code == 200
+    names = env.gateway.engine.policy.directory
+    frank, alice = names.display_name("frank"), names.display_name("alice")
+    assert f"1 of 1 ({frank} for {alice})" in page.text, page.text

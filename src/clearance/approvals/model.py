@@ -13,7 +13,7 @@ Counting rules (see DESIGN.md, "One person counts once per request"):
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -63,6 +63,14 @@ class Vote:
     # came with (see clearance.identity.mfa); checked by the workflow, recorded in the audit.
     factor: str | None = None
     geo: str | None = None
+
+    def acting(self, name: Callable[[str], str] = str) -> str:
+        """Who cast the vote, as people read it: `bob for alice` for a delegate's vote, else
+        `bob`; `name` turns an id into what to show (e.g. `Directory.display_name`). The one
+        wording for it: the vote's audit entry, the decision's reason, the status line."""
+        if self.on_behalf_of:
+            return f"{name(self.person)} for {name(self.on_behalf_of)}"
+        return name(self.person)
 
     def to_json(self) -> dict[str, Any]:
         out = {
@@ -130,12 +138,16 @@ class RoutingEntry:
 
 @dataclass(frozen=True, slots=True)
 class RequirementProgress:
-    """One requirement of a stage: who counts toward it and how many more it needs."""
+    """One requirement of a stage: who counts toward it and how many more it needs.
+
+    `counted` are seats (a delegate's vote counts as the person they stood in for); `votes`
+    are the approvals that filled them, in the same order (`Vote.acting` names who cast one)."""
 
     approvers: tuple[str, ...]
     required: int
     counted: tuple[str, ...]
     needed: int
+    votes: tuple[Vote, ...] = ()
 
     @property
     def met(self) -> bool:
@@ -248,6 +260,11 @@ class Approval:
         many more it needs (voters assigned by maximum matching, not greedily)."""
         requirements = self.plan.stages[index].requirements
         voters = self.stage_voters(index)
+        cast = {
+            v.on_behalf_of or v.person: v
+            for v in self.votes
+            if v.stage_index == index and v.decision is VoteDecision.APPROVE
+        }
         slots, owners = _stage_slots(requirements, voters)
         assigned = max_assignment(slots)
         order = {p: n for n, p in enumerate(voters)}
@@ -262,6 +279,7 @@ class Approval:
                     required=req.required,
                     counted=tuple(counted),
                     needed=max(req.required - len(counted), 0),
+                    votes=tuple(cast[p] for p in counted),
                 )
             )
         return tuple(out)
@@ -278,16 +296,33 @@ class Approval:
     def open_voters(self) -> tuple[str, ...]:
         """`eligible_voters` without the clock: who the current stage is routed to if the
         request has not expired — its approvers not yet counted, each replaced by their
-        delegate when they named one (the delegator may still vote: see `acting_as`)."""
+        delegate when they named one and the delegate's approval now would be taken in their
+        seat (the delegator may still vote: see `acting_as`).
+
+        A delegator stays routed to herself when her delegate cannot fill her seat: he already
+        voted, his own vote would fill his own seat of this stage (he holds one himself, and
+        one person counts once), or the workflow would refuse it (`needed_later`: he is
+        needed for a later stage). This is known from the approval alone, so the delegator
+        is notified when the stage starts; a later vote or escalation that reroutes her seat
+        back to her notifies her then (see `clearance.channels.routing`)."""
         if self.current_stage is None:
             return ()
         counted = self.counted
+        completable = self.can_still_complete()
         routed = []
         for p in self.stage_approvers(self.stage_index):
             if p == self.requester or p in counted:
                 continue
             delegate = self.delegate_of(p)
-            routed.append(delegate if delegate is not None and delegate not in counted else p)
+            if (
+                delegate is not None
+                and delegate not in counted
+                and self.acting_as(delegate) == p
+                and (not completable or self.can_still_complete(delegate, seat=p))
+            ):
+                routed.append(delegate)
+            else:
+                routed.append(p)
         return _unique(routed)
 
     def would_count(self, person: str) -> bool:
@@ -308,20 +343,32 @@ class Approval:
         after = len(max_assignment(_stage_slots(requirements, (*voters, identity))[0]))
         return after > before
 
-    def can_still_complete(self, extra_voter: str | None = None) -> bool:
+    def can_still_complete(
+        self, extra_voter: str | None = None, *, seat: str | None = None
+    ) -> bool:
         """Whether every remaining slot of this and later stages can still be filled by
-        distinct people who have not counted yet (after `extra_voter` approves this stage)."""
+        distinct people who have not counted yet, after `extra_voter` approves this stage in
+        `seat`'s seat (default: their own).
+
+        Seats fill the slots; but everyone who cast an approval, in any seat, is used up for
+        the whole request like the seat they filled: a delegate who voted for someone cannot
+        fill a slot of this stage or a later one (the rule `counted` states)."""
         if self.state is ApprovalState.APPROVED:
             return True
         if self.current_stage is None:
             return False
         index = self.stage_index
-        used_before = {p for i in range(index) for p in self.stage_voters(i)}
-        current = set(self.stage_voters(index))
+        approvals = [v for v in self.votes if v.decision is VoteDecision.APPROVE]
+        current: set[str] = {
+            v.on_behalf_of or v.person for v in approvals if v.stage_index == index
+        }
+        used: set[str | None] = {p for v in approvals for p in (v.person, v.on_behalf_of)}
         if extra_voter is not None:
-            current.add(extra_voter)
-        excluded_now: set[str | None] = {*used_before, self.requester}
-        excluded_later = excluded_now | current
+            current.add(seat or extra_voter)
+            used |= {extra_voter, seat}
+        # This stage's slots: its seats filled so far and everyone not used up yet.
+        excluded_now: set[str | None] = (used - current) | {self.requester}
+        excluded_later = used | current | {self.requester}
         slots = requirement_slots(self.plan.stages[index].requirements, excluded_now)
         for stage in self.plan.stages[index + 1 :]:
             slots += requirement_slots(stage.requirements, excluded_later)
@@ -334,7 +381,7 @@ class Approval:
         if self.state is not ApprovalState.PENDING or not self.would_count(person):
             return False
         identity = self.acting_as(person) or person
-        return not self.can_still_complete() or self.can_still_complete(identity)
+        return not self.can_still_complete() or self.can_still_complete(person, seat=identity)
 
     # -- storage -------------------------------------------------------------------------------
 

@@ -458,7 +458,7 @@ def _audit_kind(event: workflow.Event, approval: Approval) -> tuple[str, dict[st
             data.update(decision=vote.decision.value, comment=vote.comment)
             if vote.on_behalf_of:
                 data["on_behalf_of"] = vote.on_behalf_of
-                data["acting"] = f"{vote.person} for {vote.on_behalf_of}"
+                data["acting"] = vote.acting()
             if vote.factor:  # which second factor the vote came with (never the code)
                 data["factor"] = vote.factor
             if vote.geo:

@@ -193,10 +193,9 @@ def cast_vote(approval: Approval, vote: Vote, now: datetime) -> Transition:
         )
     seat = next((v for v in approval.votes if (v.on_behalf_of or v.person) == identity), None)
     if earlier is None and seat is not None:
-        actor = f"{seat.person} for {identity}" if seat.on_behalf_of else identity
         raise VoteRejected(
             "already_counted",
-            f"{actor} already voted {seat.decision.value} on "
+            f"{seat.acting()} already voted {seat.decision.value} on "
             f"{approval.stage_label(seat.stage_index)}; a person and their delegate count "
             f"once, so {label} needs someone else: {_names(approval.open_voters())}",
         )
@@ -237,8 +236,9 @@ def cast_vote(approval: Approval, vote: Vote, now: datetime) -> Transition:
             f"{person}'s approval would not count: the requirements {person} can fill on "
             f"{label} are already met; {_waiting_on(approval)}",
         )
-    if approval.can_still_complete() and not approval.can_still_complete(identity):
-        others = [p for p in approval.open_voters() if p != person]
+    if approval.can_still_complete() and not approval.can_still_complete(person, seat=identity):
+        # (a delegate refused here leaves the seat to the person they stand in for)
+        others = [p for p in _unique((*approval.open_voters(), identity)) if p != person]
         raise VoteRejected(
             "needed_later",
             f"{person} is needed for a later stage that no one else can approve; approving "
@@ -483,10 +483,13 @@ def _outcome(approval: Approval) -> str:
 
 
 def _approved_by(approval: Approval) -> str:
+    """`approved by bob for alice (manager), dana (finance)`: who cast each counted approval,
+    stage by stage, in the order cast."""
     parts = [
-        f"{person} ({approval.plan.stages[i].name})"
+        f"{v.acting()} ({approval.plan.stages[i].name})"
         for i in range(len(approval.plan.stages))
-        for person in approval.stage_voters(i)
+        for v in approval.votes
+        if v.stage_index == i and v.decision is VoteDecision.APPROVE
     ]
     return f"approved by {', '.join(parts)}"
 
@@ -499,6 +502,10 @@ def _waiting_on(approval: Approval) -> str:
         if not r.met
     ]
     return f"{approval.stage_label(index)} still needs {'; '.join(open_) or 'nothing'}"
+
+
+def _unique(people: tuple[str | None, ...]) -> list[str]:
+    return [p for p in dict.fromkeys(people) if p is not None]
 
 
 def _names(people: tuple[str, ...] | list[str]) -> str:

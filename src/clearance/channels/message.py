@@ -2,43 +2,59 @@
 
 from __future__ import annotations
 
-from ..approvals.model import ApprovalState
+from ..approvals import escalation
+from ..approvals.model import ApprovalState, VoteDecision
 from ..approvals.records import StoredApproval
 from ..directory import Directory, Person
 from .base import Message, StageView
 
 
 def status_line(stored: StoredApproval, directory: Directory) -> str:
-    """ "Approved by Alice Ng at 14:02 — stage 1 of 2", "Denied by Bob Ortiz: not today", …"""
+    """ "Approved by Alice Ng at 14:02 — stage 1 of 2 done; waiting for finance", "Denied by
+    Bob Ortiz: not today", …
+
+    A pending request whose latest news is a reminder or an escalation of its current stage
+    (recorded in `routing_log`, after the latest vote) says so first — "Reminder: still
+    waiting since 09:00." — the time being when the current stage started; otherwise it
+    names the latest approval: "stage N of M done" counts the stages met, and an approval
+    that has not met its stage yet says how many of the stage's approvals are in."""
     a = stored.approval
     count = len(a.plan.stages)
+    name = directory.display_name
     if a.state is ApprovalState.PENDING:
-        done = [v for v in a.votes if v.decision.value == "approve"]
-        if done:
-            last = done[-1]
-            name = directory.display_name(last.person)
-            finished = a.stage_index  # stages before the current one are met
-            return (
-                f"Approved by {name} at {last.at.strftime('%H:%M')} — stage {finished} of "
-                f"{count} done; waiting for {a.plan.stages[a.stage_index].name}"
-            )
-        current = a.plan.stages[a.stage_index].name
-        waiting = f"Waiting for {current} (stage {a.stage_index + 1} of {count})"
-        nudge = next((e for e in reversed(a.routing_log) if e.stage_index == a.stage_index), None)
-        if nudge is None:
-            return waiting
-        since = a.created_at.strftime("%H:%M")
-        if nudge.kind == "reminder":
-            return f"Reminder: still waiting since {since}. {waiting}"
-        return f"Escalated: nobody answered since {since}, so more people are asked. {waiting}"
+        index = a.stage_index
+        current = a.plan.stages[index].name
+        done = [v for v in a.votes if v.decision is VoteDecision.APPROVE]
+        last = done[-1] if done else None
+        nudge = next((e for e in reversed(a.routing_log) if e.stage_index == index), None)
+        if nudge is not None and (last is None or nudge.at > last.at):
+            waiting = f"Waiting for {current} (stage {index + 1} of {count})"
+            progress = a.stage_progress(index)
+            have = sum(len(r.counted) for r in progress)
+            if have:
+                need = sum(r.required for r in progress)
+                waiting += f": {have} of {need} approvals so far"
+            since = escalation.stage_started_at(a, index).strftime("%H:%M")
+            if nudge.kind == escalation.REMINDER:
+                return f"Reminder: still waiting since {since}. {waiting}"
+            return f"Escalated: nobody answered since {since}, so more people are asked. {waiting}"
+        if last is None:
+            return f"Waiting for {current} (stage {index + 1} of {count})"
+        approved = f"Approved by {last.acting(name)} at {last.at.strftime('%H:%M')}"
+        if last.stage_index < index:  # that approval met the stage before this one
+            return f"{approved} — stage {index} of {count} done; waiting for {current}"
+        progress = a.stage_progress(index)
+        have = sum(len(r.counted) for r in progress)
+        need = sum(r.required for r in progress)
+        return (
+            f"{approved} — {have} of {need} approvals for {current} (stage {index + 1} of {count})"
+        )
     if a.state is ApprovalState.APPROVED and not any(
         v.decision.value == "approve" for v in a.votes
     ):
         return f"Approved: {a.decided_reason or 'approved'}"  # e.g. an emergency override
     if a.state is ApprovalState.APPROVED:
-        names = ", ".join(
-            directory.display_name(v.person) for v in a.votes if v.decision.value == "approve"
-        )
+        names = ", ".join(v.acting(name) for v in a.votes if v.decision is VoteDecision.APPROVE)
         at = a.decided_at.strftime("%H:%M") if a.decided_at else ""
         return f"Approved by {names} at {at} — stage {count} of {count}"
     if a.state is ApprovalState.DENIED:

@@ -2,15 +2,22 @@
 
 A person's routes are their directory channels, in the order written, that this gateway has
 configured; then email, when configured and the person has an address. A stage's request goes
-to each person who may still vote on it; every later change refreshes the messages sent.
+to each person it is routed to (`Approval.open_voters`: an approver not yet counted, or their
+delegate when the delegate can fill their seat); every later change refreshes the messages
+sent. A delegator whose delegate holds a seat of the same stage himself is routed to (and
+sent the request) from the start: one person counts once, so he cannot fill both. A change
+that routes her seat back to her later sends it to her then: a vote that leaves her delegate
+needed for a later stage (`rerouted`), or an escalation that gives him a seat of his own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 
 from ..approvals import escalation
+from ..approvals.model import Approval
 from ..approvals.records import StoredApproval
 from ..audit.writer import WriteTx
 from ..directory import Directory, Person
@@ -34,6 +41,22 @@ ROUTING_EVENTS = frozenset({"approval.reminded", "approval.escalated"})
 FINAL_EVENTS = frozenset(
     {"approval.approved", "approval.denied", "approval.expired", "approval.cancelled"}
 )
+
+
+def rerouted(approval: Approval) -> tuple[str, ...]:
+    """Who the open stage is routed to after the approval's latest vote (cast on it: the
+    stage did not change) and was not before it — the people that vote newly calls on."""
+    if approval.current_stage is None or not approval.votes:
+        return ()
+    last = approval.votes[-1]
+    if last.stage_index != approval.stage_index:
+        return ()
+    before = set(replace(approval, votes=approval.votes[:-1]).open_voters())
+    return tuple(p for p in approval.open_voters() if p not in before)
+
+
+def _unique(people: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(people))
 
 
 class Router:
@@ -65,27 +88,28 @@ class Router:
         if not self.configured:
             return
         a = stored.approval
+        notify: tuple[str, ...] = ()
         if a.state.value == "pending" and ({"approval.created", "stage.started"} & set(events)):
-            for person in a.open_voters():
-                outbox.enqueue(
-                    tx.conn,
-                    kind="notify",
-                    now=now,
-                    approval_id=a.id,
-                    recipient=person,
-                    payload={"stage": a.stage_index, "route": 0},
-                )
-        elif a.state.value == "pending" and (ROUTING_EVENTS & set(events)):
+            notify = a.open_voters()
+        elif a.state.value == "pending":
             # a reminder or an escalation: its people again (see clearance.approvals.escalation)
-            for person in escalation.to_notify(a, now):
-                outbox.enqueue(
-                    tx.conn,
-                    kind="notify",
-                    now=now,
-                    approval_id=a.id,
-                    recipient=person,
-                    payload={"stage": a.stage_index, "route": 0},
+            if ROUTING_EVENTS & set(events):
+                reached = escalation.to_notify(a, now)
+                # a delegate given a seat of his own no longer fills his delegator's
+                notify = _unique(
+                    (*reached, *(p for p in a.open_voters() if a.delegate_of(p) in reached))
                 )
+            if "vote.recorded" in events:
+                notify = _unique((*notify, *rerouted(a)))
+        for person in notify:
+            outbox.enqueue(
+                tx.conn,
+                kind="notify",
+                now=now,
+                approval_id=a.id,
+                recipient=person,
+                payload={"stage": a.stage_index, "route": 0},
+            )
         if CHANGE_EVENTS & set(events):
             outbox.enqueue(tx.conn, kind="update", now=now, approval_id=a.id)
         if FINAL_EVENTS & set(events):

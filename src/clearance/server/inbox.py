@@ -321,7 +321,7 @@ def _stage_views(a: Approval, directory: Directory) -> list[StageView]:
             RequirementView(
                 approvers=[name(p) for p in r.approvers],
                 required=r.required,
-                counted=[name(p) for p in r.counted],
+                counted=[v.acting(name) for v in r.votes],  # "Bob Ortiz for Alice Ng"
                 needed=r.needed,
             )
             for r in a.stage_progress(i)
