@@ -132,9 +132,10 @@ def test_unencodable_drafts_are_refused(overrides: dict[str, Any], why: str) -> 
 
 
 def test_kinds_lists_every_documented_kind() -> None:
-    """KINDS holds the fourteen kinds Clearance writes."""
+    """KINDS holds the fifteen kinds named in `Kind`."""
     assert Kind.APPROVAL_RELEASED in KINDS and Kind.KEY_REVOKED in KINDS
-    assert len(KINDS) == 14
+    assert Kind.RISK_SEEN == "risk.seen" and Kind.RISK_SEEN in KINDS
+    assert len(KINDS) == 15
 
 
 def test_entry_from_draft_equals_the_constructor() -> None:
