@@ -20,9 +20,10 @@ would go to alice are routed to bob, who votes in alice's seat (the vote records
 
 Stage routing (`pick`): when a stage's single requirement lists more people than it needs,
 `round_robin` pages the `required` people of the group paged longest ago (never paged first,
-ties in name order: a rotation). The rotation is one per stage of a plan (its rules, position
-and name), whoever asks: the requester, already taken out of the group by the engine, is
-passed over and keeps their place. Its state is durable (`routing_cursors`: a page counter,
+ties in name order: a rotation). The rotation is one per stage name, whoever asks and
+whichever rules matched (another approve rule matching too, or a stage added before it, does
+not start a new one): the requester, already taken out of the group by the engine, is passed
+over and keeps their place. Its state is durable (`routing_cursors`: a page counter,
 locked while it moves so several servers share one rotation, and each person's last page).
 `least_loaded` pages those whose requests would reach someone (the person, or their delegate
 in force) with the fewest pending requests waiting on them through a pick; picks are recorded
@@ -339,7 +340,7 @@ def route(conn: Connection, stored: StoredApproval, now: datetime) -> StoredAppr
     """The approval as it should be created: `pick` applied to each stage that asks for it,
     and the delegations in force captured. In the creating transaction."""
     a = stored.approval
-    plan = _pick(conn, a, now, stored.rules)
+    plan = _pick(conn, a, now)
     people = [
         p
         for stage in plan.stages
@@ -399,9 +400,7 @@ def load(conn: Connection, people: Iterable[str]) -> dict[str, int]:
     return {p: counts.get(p, 0) for p in wanted}
 
 
-def _pick(
-    conn: Connection, a: Approval, now: datetime, rules: tuple[str, ...] = ()
-) -> ResolvedPlan:
+def _pick(conn: Connection, a: Approval, now: datetime) -> ResolvedPlan:
     stages = list(a.plan.stages)
     for i, stage in enumerate(stages):
         routing = stage.routing
@@ -413,7 +412,7 @@ def _pick(
             continue
         routed = _routed(conn, now, pool, a.requester)
         if routing.pick is Pick.ROUND_ROBIN:
-            rotation = "\x1f".join([*rules, str(i), stage.name])
+            rotation = stage.name  # not the rules that matched: they vary by request
             chosen = _round_robin(conn, rotation, pool, req.required, now)
         else:
             loads = load(conn, routed.values())

@@ -497,43 +497,34 @@ class Gateway:
                 f"the policy loaded now {now_says.effect.value}s this call, so its approval "
                 f"cannot be used: {why}",
             )
-        released = await self.approvals.release(approval_id, binding_hash(action, params, actor))
-        if assessment is not None:
-            await self._seen(assessment, released, now)
+        seen = self._seen_unit(assessment, now)
+        released = await self.approvals.release(
+            approval_id,
+            binding_hash(action, params, actor),
+            then=seen.write if seen is not None else None,
+        )
+        if seen is not None and seen.seq is not None and assessment is not None:
+            from .risk.store import SEEN
+
+            self._noted(seen.seq, assessment, SEEN, now)
         return released
 
-    async def _seen(self, assessment: Assessment, released: StoredApproval, now: datetime) -> None:
-        """An approved call was claimed: its country, device and payee that were new are known
-        from now on (a check makes them known only when allowed, so that a request still
-        waiting, or refused, never vouches for them). Recorded as a `risk.seen` audit entry,
-        folded like a check. Should it fail, the call stays released and they stay new (the
-        next request from there asks again): failing safe."""
+    def _seen_unit(self, assessment: Assessment | None, now: datetime) -> _Seen | None:
+        """For a release: the `risk.seen` entry that makes the call's new country, device and
+        payee known (a check makes them known only when allowed, so that a request still
+        waiting, or refused, never vouches for them). Written in the release's own
+        transaction, so the two commit together; folded like a check. None when the risk
+        signals are off or nothing of the call is new."""
         risk = self.risk
-        quiet = assessment.risk
-        journal = risk.journal_entry(assessment) if risk is not None else None
-        if risk is None or journal is None:
-            return
-        if not (quiet.get("new_geo") or quiet.get("new_device") or quiet.get("new_payee")):
-            return  # all known already: nothing to record
-        call = released.approval
-        try:
-            entry = await self.writer.append(
-                AuditDraft(
-                    kind=Kind.RISK_SEEN,
-                    ts=now,
-                    actor=call.actor.get("user") or call.actor.get("agent"),
-                    action=call.action,
-                    params_hash=params_hash(call.params),
-                    approval_id=call.id,
-                    data={"risk": {"f": journal}},
-                )
-            )
-        except Exception as exc:
-            log.warning("risk_seen_failed", approval_id=call.id, error=str(exc))
-            return
-        from .risk.store import SEEN
-
-        self._noted(entry.seq, assessment, SEEN, now)
+        if risk is None or assessment is None:
+            return None
+        journal = risk.journal_entry(assessment)
+        said = assessment.risk
+        if journal is None or not (
+            said.get("new_geo") or said.get("new_device") or said.get("new_payee")
+        ):
+            return None
+        return _Seen(journal, now)
 
     async def report_check_result(
         self,
@@ -671,6 +662,31 @@ def _risk_reasons(request: Request) -> tuple[str, ...]:
     if not risk.get("score") and not risk.get("reasons"):
         return ()
     return (f"Risk score {risk['score']}/100: " + "; ".join(map(str, risk.get("reasons", []))),)
+
+
+@dataclass(slots=True)
+class _Seen:
+    """The `risk.seen` entry of a release, written in its transaction (`write`, an
+    `approvals.release` `then`); `seq` once written."""
+
+    journal: list[Any]
+    now: datetime
+    seq: int | None = None
+
+    def write(self, tx: WriteTx, saved: StoredApproval, _now: datetime) -> None:
+        call = saved.approval
+        entry = tx.audit(
+            AuditDraft(
+                kind=Kind.RISK_SEEN,
+                ts=self.now,
+                actor=call.actor.get("user") or call.actor.get("agent"),
+                action=call.action,
+                params_hash=params_hash(call.params),
+                approval_id=call.id,
+                data={"risk": {"f": self.journal}},
+            )
+        )
+        self.seq = entry.seq
 
 
 @dataclass(frozen=True, slots=True)

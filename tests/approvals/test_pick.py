@@ -211,3 +211,32 @@ async def test_least_loaded_does_not_give_a_delegate_two_seats(gw: Gateway) -> N
     a = result.approval.approval
     assert a.plan.stages[0].requirements[0].approvers == ("ann", "cat")
     assert set(a.open_voters()) == {"ben", "cat"}
+
+
+async def test_round_robin_is_one_rotation_whichever_rules_matched(
+    tmp_path: Path, clock: FrozenClock
+) -> None:
+    """Two approve rules with the same round-robin stage, the second matching only large
+    amounts: alternating small and large requests still page ann, ben, cat in turn (a rotation
+    keyed by the rules that matched paged each person twice in a row)."""
+    path = tmp_path / "two.yaml"
+    path.write_text(
+        POLICY.split("policies:")[0]
+        + "policies:\n  default: deny\n  rules:\n"
+        + "".join(
+            f"    - id: {rule}\n      actions: [pay]\n{when}      effect: approve\n"
+            "      approval:\n"
+            "        stages: [{name: trio, approvers: [group:trio], pick: round_robin}]\n"
+            for rule, when in (("small", ""), ("large", "      when: params.amount > 100\n"))
+        )
+    )
+    gateway = Gateway.open(path, database_url=f"sqlite:///{tmp_path}/c.db", clock=clock)
+    try:
+        paged = []
+        for amount in (10, 500, 10, 500, 10, 500):
+            result = await gateway.check(Request("pay", {"amount": amount}, {"user": "req"}))
+            assert result.approval is not None
+            paged.append(result.approval.approval.plan.stages[0].requirements[0].approvers)
+        assert paged == [("ann",), ("ben",), ("cat",), ("ann",), ("ben",), ("cat",)], paged
+    finally:
+        await gateway.aclose()

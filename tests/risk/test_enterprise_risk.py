@@ -79,6 +79,13 @@ async def test_a_claimed_call_makes_its_device_known_to_a_restarted_gateway(
         await first.release(approval_id, call.action, call.params, call.actor)
         seen = [e for e in iter_entries(first.db) if e.kind == "risk.seen"]
         assert [e.approval_id for e in seen] == [approval_id]
+        released = [e for e in iter_entries(first.db) if e.kind == "approval.released"]
+        assert released[0].seq + 1 == seen[0].seq  # written in the release's transaction
+        from clearance.approvals.service import ApprovalError
+
+        with pytest.raises(ApprovalError):  # a second claim is refused and sees nothing
+            await first.release(approval_id, call.action, call.params, call.actor)
+        assert sum(e.kind == "risk.seen" for e in iter_entries(first.db)) == 1
     finally:
         await first.aclose()
     second = Gateway.open([ENTERPRISE, RISK], database_url=db_url, clock=clock)
@@ -174,3 +181,10 @@ async def test_approvers_read_why_a_finance_review_was_added(gw: Gateway) -> Non
     held = await gw.check(_transfer(6000, geo="US", device_id="d"))
     assert held.approval is not None and "payments-unusual" in held.decision.rules
     assert any("above 20,000" in r for r in held.approval.reasons), held.approval.reasons
+
+
+async def test_an_amount_too_large_for_a_float_is_decided_not_a_crash(gw: Gateway) -> None:
+    """A 400-digit integer amount is finite JSON: the check is decided (the amount counts as
+    the cap), where float() used to raise OverflowError inside the assessment."""
+    result = await gw.check(_transfer(10**400, geo="US", device_id="d"))  # type: ignore[arg-type]
+    assert result.decision.effect.value in {"approve", "block", "deny"}

@@ -47,6 +47,8 @@ def test_amounts_must_be_finite_numbers() -> None:
         ("-5", None),
         (0, 0.0),
         (1e308, 1e15),  # at most 1e15: a day's sum stays finite
+        (10**400, 1e15),  # an integer too large for a float is still an amount
+        (-(10**400), None),
     ]:
         assert facts_of(Request("a", {"amount": value}, {"user": "u"}), DEFAULTS).amount == expected
     cfg = settings(amount_param="total")

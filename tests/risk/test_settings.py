@@ -50,6 +50,7 @@ def test_a_yaml_section_loads_with_unquoted_times_and_dates() -> None:
         ({"time_zones": {"carol": "Nowhere"}}, "unknown time zone 'Nowhere'"),
         ({"business_hours": {"start": "18:00", "end": "09:00"}}, "must be before end"),
         ({"business_hours": {"start": 90000}}, "write it quoted"),
+        ({"business_hours": {"start": 0, "end": 1440}}, "1440 is not a time of day"),  # 24:00
         (
             {"business_hours": {"start": 9}},
             "write the time of day with its minutes, quoted: '09:00'",

@@ -258,10 +258,13 @@ class ApprovalService:
             approval_id, step, None, person=person, channel=channel, then=then
         )
 
-    async def release(self, approval_id: str, binding_hash: str) -> StoredApproval:
-        """The agent claims the approved call: only the exact call approved, only once."""
+    async def release(
+        self, approval_id: str, binding_hash: str, *, then: AfterChange | None = None
+    ) -> StoredApproval:
+        """The agent claims the approved call: only the exact call approved, only once.
+        `then` writes more in the same transaction, once the release is saved."""
         return await self._change(
-            approval_id, lambda a, now: workflow.release(a, binding_hash, now), None
+            approval_id, lambda a, now: workflow.release(a, binding_hash, now), None, then=then
         )
 
     async def report_result(

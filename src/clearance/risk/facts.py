@@ -118,7 +118,10 @@ def _number(value: Any) -> float | None:
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int | float | Decimal):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer of 400 digits: finite, and far above the cap
+            return MAX_AMOUNT if value > 0 else None
     elif isinstance(value, str):
         try:
             number = float(value.strip())

@@ -109,7 +109,7 @@ def _time_of_day(value: Any) -> Any:
             raise ValueError(f"write the time of day with its minutes, quoted: '{value:02d}:00'")
         if 0 <= value < 24 * 60:
             return time(value // 60, value % 60)
-        if value < 24 * 3600:
+        if 3600 <= value < 24 * 3600:  # H:MM:SS (from 1:00:00): 24:00 (1440) is no time
             return time(value // 3600, value // 60 % 60, value % 60)
         raise ValueError(f"{value} is not a time of day; write it quoted, like '18:00'")
     if isinstance(value, str) and (m := _HHMM.match(value)):
