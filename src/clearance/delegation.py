@@ -283,20 +283,8 @@ def delegate_audited(
     )
     replaced = before if before is not None and before.until > now else None
     if replaced is not None:
-        tx.audit(
-            AuditDraft(
-                kind="delegation.cleared",
-                ts=now,
-                actor=by,
-                approver=replaced.delegate,
-                channel=channel,
-                data={
-                    **replaced.to_json(),
-                    "replaced_by": made.delegate,
-                    "summary": f"{made.delegate} for {delegator} replaces {replaced.delegate}",
-                },
-            )
-        )
+        summary = f"{made.delegate} for {delegator} replaces {replaced.delegate}"
+        _audit_cleared(tx, replaced, now, by, channel, replaced_by=made.delegate, summary=summary)
     data: dict[str, object] = {**made.to_json(), "summary": f"{delegate} for {delegator}"}
     if replaced is not None:
         data["replaces"] = replaced.to_json()
@@ -313,6 +301,27 @@ def delegate_audited(
     return made
 
 
+def _audit_cleared(
+    tx: WriteTx,
+    ended: Delegation,
+    now: datetime,
+    by: str | None,
+    channel: str,
+    **more: object,
+) -> None:
+    """The `delegation.cleared` entry of `ended` (`more`: why, when it was replaced)."""
+    tx.audit(
+        AuditDraft(
+            kind="delegation.cleared",
+            ts=now,
+            actor=by,
+            approver=ended.delegate,
+            channel=channel,
+            data={**ended.to_json(), **more},
+        )
+    )
+
+
 def undelegate_audited(
     tx: WriteTx, *, delegator: str, now: datetime, by: str | None, channel: str
 ) -> Delegation | None:
@@ -320,16 +329,7 @@ def undelegate_audited(
     force or scheduled; one already over is not touched nor audited (returns None)."""
     ended = clear_delegation(tx.conn, delegator, now)
     if ended is not None:
-        tx.audit(
-            AuditDraft(
-                kind="delegation.cleared",
-                ts=now,
-                actor=by,
-                approver=ended.delegate,
-                channel=channel,
-                data=ended.to_json(),
-            )
-        )
+        _audit_cleared(tx, ended, now, by, channel)
     return ended
 
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from clearance.approvals import Approval, Vote, VoteDecision, cast_vote, open_approval
 from clearance.canonical import binding_hash
 from clearance.policy.model import ResolvedPlan, ResolvedRequirement, ResolvedStage
+
+if TYPE_CHECKING:
+    from clearance.gateway import Gateway
 
 NOW = datetime(2025, 1, 6, 9, 0, tzinfo=UTC)
 SOON = NOW + timedelta(minutes=5)
@@ -60,3 +64,20 @@ def run(approval: Approval, *votes: Vote) -> Approval:
     for vote in votes:
         approval = cast_vote(approval, vote, SOON).approval
     return approval
+
+
+def away_for_a_week(gw: Gateway, delegator: str, delegate: str) -> None:
+    """`delegator` names `delegate` from the gateway's now, for seven days."""
+    from clearance.delegation import set_delegation
+
+    now = gw.clock()
+    gw.writer.run_sync(
+        lambda tx: set_delegation(
+            tx.conn,
+            gw.policy.directory,
+            delegator=delegator,
+            delegate=delegate,
+            until=now + timedelta(days=7),
+            now=now,
+        )
+    )

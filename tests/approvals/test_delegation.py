@@ -32,7 +32,7 @@ from clearance.store.reads import read
 from clearance.testing import FrozenClock, MemoryChannel
 from clearance.testing.outbox import run_outbox
 
-from .factories import SOON, approve, deny, new, plan, req, run, stage
+from .factories import SOON, approve, away_for_a_week, deny, new, plan, req, run, stage
 
 POLICY = """
 version: 1
@@ -253,26 +253,12 @@ async def gw(tmp_path: Path, clock: FrozenClock) -> AsyncIterator[Gateway]:
     await gateway.aclose()
 
 
-def name_delegate(gw: Gateway, delegator: str, delegate: str) -> None:
-    now = gw.clock()
-    gw.writer.run_sync(
-        lambda tx: set_delegation(
-            tx.conn,
-            gw.policy.directory,
-            delegator=delegator,
-            delegate=delegate,
-            until=now + WEEK,
-            now=now,
-        )
-    )
-
-
 async def test_requests_route_to_the_delegate_and_the_audit_says_bob_for_alice(
     gw: Gateway, clock: FrozenClock
 ) -> None:
     """With alice away, her request goes to bob; his vote moves it on and is audited as
     "bob for alice"; the creation entry lists the delegation."""
-    name_delegate(gw, "alice", "bob")
+    away_for_a_week(gw, "alice", "bob")
     hub = ChannelHub.from_settings(gw)
     chat = MemoryChannel.instances["chat"]
     result = await gw.check(Request("pay", {}, {"user": "carol"}))
@@ -303,7 +289,7 @@ async def test_delegation_made_after_the_request_does_not_apply_to_it(gw: Gatewa
     request, and alice still can."""
     result = await gw.check(Request("pay", {}, {"user": "carol"}))
     assert result.approval is not None
-    name_delegate(gw, "alice", "bob")
+    away_for_a_week(gw, "alice", "bob")
     approval_id = result.approval.approval.id
     with pytest.raises(Exception) as info:
         await gw.approvals.decide(approval_id, person="bob", decision="approve")
@@ -314,7 +300,7 @@ async def test_delegation_made_after_the_request_does_not_apply_to_it(gw: Gatewa
 
 async def test_delegate_requester_keeps_the_request_with_the_delegator(gw: Gateway) -> None:
     """alice delegated to bob, but bob asks: the request is not routed to him."""
-    name_delegate(gw, "alice", "bob")
+    away_for_a_week(gw, "alice", "bob")
     result = await gw.check(Request("pay", {}, {"user": "bob"}))
     assert result.approval is not None
     assert result.approval.approval.delegations == ()
@@ -380,7 +366,7 @@ async def test_inbox_delegation_page(gw: Gateway, clock: FrozenClock) -> None:
 
 async def test_request_page_shows_delegates_and_routing(gw: Gateway, clock: FrozenClock) -> None:
     """The request page lists the delegates in force and the votes cast by delegates."""
-    name_delegate(gw, "alice", "bob")
+    away_for_a_week(gw, "alice", "bob")
 
     def give(tx: WriteTx) -> None:
         passwords.set_password(tx.conn, "bob", "correct-horse-battery", clock())
@@ -421,7 +407,7 @@ async def test_api_lets_the_delegate_see_and_decide(gw: Gateway) -> None:
 
     before = await gw.check(Request("pay", {}, {"user": "carol"}))
     assert before.approval is not None
-    name_delegate(gw, "alice", "bob")
+    away_for_a_week(gw, "alice", "bob")
     now = gw.clock()
     bob_key = gw.writer.run_sync(
         lambda tx: keys.create_key(tx.conn, kind="person", subject="bob", now=now).token

@@ -6,18 +6,19 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import AsyncIterator
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
-from clearance.delegation import load, set_delegation
+from clearance.delegation import load
 from clearance.gateway import Gateway
 from clearance.policy import Request
 from clearance.store.reads import read
 from clearance.store.schema import routing_cursors
 from clearance.testing import FrozenClock
+
+from .factories import away_for_a_week
 
 POLICY = """
 version: 1
@@ -178,20 +179,10 @@ async def test_round_robin_stays_fair_when_members_ask(gw: Gateway) -> None:
     assert max(counts.values()) - min(counts.values()) <= 2, counts
 
 
-def away(gw: Gateway, delegator: str, delegate: str) -> None:
-    now = gw.clock()
-    gw.writer.run_sync(
-        lambda tx: set_delegation(
-            tx.conn, gw.policy.directory, delegator=delegator, delegate=delegate,
-            until=now + timedelta(days=7), now=now,
-        )
-    )  # fmt: skip
-
-
 async def test_least_loaded_counts_load_against_the_delegate(gw: Gateway) -> None:
     """ann is away (ann → ben): a pick of ann pages ben, so it loads ben. Eight requests page
     ben, cat, dev and eve twice each (not ben four times), and the load is ben's."""
-    away(gw, "ann", "ben")
+    away_for_a_week(gw, "ann", "ben")
     paged: Counter[str] = Counter()
     for _ in range(8):
         result = await gw.check(Request("restart", {}, {"user": "req"}))
@@ -205,7 +196,7 @@ async def test_least_loaded_counts_load_against_the_delegate(gw: Gateway) -> Non
 async def test_least_loaded_does_not_give_a_delegate_two_seats(gw: Gateway) -> None:
     """2 of 5 with ann → ben: ann and ben would both reach ben (who counts once), so the
     request pages ann (for ben) and cat: two different people can meet it."""
-    away(gw, "ann", "ben")
+    away_for_a_week(gw, "ann", "ben")
     result = await gw.check(Request("drain", {}, {"user": "req"}))
     assert result.approval is not None
     a = result.approval.approval

@@ -12,14 +12,13 @@ import pytest
 from clearance.approvals.service import VoteRefused
 from clearance.channels.hub import ChannelHub
 from clearance.channels.routing import rerouted
-from clearance.delegation import set_delegation
 from clearance.gateway import Gateway
 from clearance.policy import Request
 from clearance.testing import FrozenClock, MemoryChannel
 from clearance.testing.outbox import run_outbox
 
 from ..approvals.factories import approve as vote_approve
-from ..approvals.factories import new, plan, req, run, stage
+from ..approvals.factories import away_for_a_week, new, plan, req, run, stage
 
 POLICY = """
 version: 1
@@ -80,20 +79,6 @@ async def gw(tmp_path: Path, clock: FrozenClock) -> AsyncIterator[Gateway]:
     await gateway.aclose()
 
 
-def delegate(gw: Gateway, delegator: str, to: str) -> None:
-    now = gw.clock()
-    gw.writer.run_sync(
-        lambda tx: set_delegation(
-            tx.conn,
-            gw.policy.directory,
-            delegator=delegator,
-            delegate=to,
-            until=now + timedelta(days=7),
-            now=now,
-        )
-    )
-
-
 async def ask(gw: Gateway, action: str) -> str:
     result = await gw.check(Request(action, {}, {"user": "carol"}))
     assert result.approval is not None
@@ -115,7 +100,7 @@ async def test_delegator_is_notified_when_her_delegate_holds_a_seat_himself(
     """Stage [alice, bob], 2 required, alice→bob: bob can count once, so alice is sent the
     request at creation as well as bob; bob's vote fills his own seat and leaves hers, and
     nobody is sent it twice."""
-    delegate(gw, "alice", "bob")
+    away_for_a_week(gw, "alice", "bob")
     hub = ChannelHub.from_settings(gw)
     approval_id = await ask(gw, "pair")
     assert sorted(await sent_to(hub, clock)) == ["C-ALICE", "C-BOB"]
@@ -134,7 +119,7 @@ async def test_delegate_needed_later_leaves_the_request_with_the_delegator(
     """Stage 1 [alice], stage 2 [dana], alice→dana: dana's vote for alice would leave stage 2
     with nobody, so stage 1 goes to alice and dana's vote is refused (`needed_later`); after
     alice approves, dana is sent stage 2 and approves it."""
-    delegate(gw, "alice", "dana")
+    away_for_a_week(gw, "alice", "dana")
     hub = ChannelHub.from_settings(gw)
     approval_id = await ask(gw, "chain")
     assert await sent_to(hub, clock) == ["C-ALICE"]
@@ -155,7 +140,7 @@ async def test_a_vote_that_reroutes_a_seat_notifies_the_delegator(
     stand in for alice (yan is left for stage 2), so alice's seat is routed to dana. Once yan
     approves stage 1, dana is the only one left for stage 2: alice's seat goes back to alice,
     and she is sent the request then."""
-    delegate(gw, "alice", "dana")
+    away_for_a_week(gw, "alice", "dana")
     hub = ChannelHub.from_settings(gw)
     approval_id = await ask(gw, "later")
     assert sorted(await sent_to(hub, clock)) == ["C-DANA", "C-YAN", "C-ZOE"]
@@ -173,7 +158,7 @@ async def test_an_escalation_that_seats_the_delegate_notifies_the_delegator(
     """Stage [alice, yan] needs 2, alice→dana: alice's seat goes to dana. The escalation adds
     dana as an approver herself: her vote would now fill her own seat, so alice's goes back
     to alice, who is sent the request with dana."""
-    delegate(gw, "alice", "dana")
+    away_for_a_week(gw, "alice", "dana")
     hub = ChannelHub.from_settings(gw)
     approval_id = await ask(gw, "widen")
     assert sorted(await sent_to(hub, clock)) == ["C-DANA", "C-YAN"]
