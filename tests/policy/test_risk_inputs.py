@@ -81,3 +81,13 @@ def test_square_brackets_in_errors_are_printed_as_written(tmp_path: Path) -> Non
     )
     code, out = run("policy", "lint", str(policy))
     assert code == 1 and "[red]x[/red]" in out
+
+
+def test_the_risk_map_a_test_gives_has_every_signal_the_engine_knows() -> None:
+    """`RiskIn` lists the signals again, with their types: it must name exactly those of
+    `DEFAULT_RISK`, with the same values at rest, so the two cannot drift apart."""
+    from clearance.policy.model import DEFAULT_RISK
+    from clearance.policy.testing import RiskIn
+
+    assert set(RiskIn.model_fields) == set(DEFAULT_RISK)
+    assert RiskIn().risk() == DEFAULT_RISK

@@ -46,6 +46,7 @@ from .schema import (
     PersonIn,
     PolicyFileIn,
     RuleIn,
+    error_text,
     parse_duration,
     parse_rate,
 )
@@ -245,9 +246,8 @@ def _schema_problem(doc: Document, err: Any, prefix: tuple[str | int, ...]) -> P
         )
     if kind == "missing":
         return Problem("missing_key", f"'{loc[-1]}' is required here", doc.where(loc[:-1]), rule_id)
-    message = str(err["msg"]).removeprefix("Value error, ")
     where = ".".join(str(p) for p in loc)
-    return Problem("invalid", f"{where}: {message}", doc.where(loc), rule_id)
+    return Problem("invalid", f"{where}: {error_text(err)}", doc.where(loc), rule_id)
 
 
 def doc_value(doc: Document, loc: tuple[Any, ...]) -> Any:
@@ -800,8 +800,24 @@ class _Linker:
                 said.add((code, where))
                 self._add(code, message, where, rule_id, hint)
 
-        checked: set[tuple[str | int, ...]] = set()  # escalate_to entries checked, and failed
-        failed: set[tuple[str | int, ...]] = set()
+        # Each escalate_to entry, checked once though an approval's key applies to every stage:
+        # its people, or None when it names nobody usable (the problem is said then).
+        level_at: dict[tuple[str | int, ...], tuple[str, ...] | None] = {}
+
+        def level(at: tuple[str | int, ...], k: int, ref: str) -> tuple[str, ...] | None:
+            if not self._check_ref(doc, at, ref, rule_id, directory):
+                return None
+            people = directory.resolve([ref])
+            if not people:
+                add(
+                    "escalation_to_nobody",
+                    f"escalate_to level {k + 1} ({ref}) has nobody in it",
+                    doc.where(at),
+                    "add people to the group, or escalate to someone who can decide",
+                )
+                return None
+            return people
+
         for i, stage in enumerate(plan.stages):
             own = raw.stages[i] if raw.stages is not None else None
             spath = (*path, "stages", i) if own is not None else path
@@ -824,23 +840,12 @@ class _Linker:
             after_s = parse_duration(after) if after is not None else None
             levels: list[tuple[str, ...]] = []
             for k, ref in enumerate(targets or ()):
-                if (*targets_at, k) in checked:
-                    ok = ok and (*targets_at, k) not in failed
-                    levels.append(directory.resolve([ref]))
-                    continue
-                checked.add((*targets_at, k))
-                if not self._check_ref(doc, (*targets_at, k), ref, rule_id, directory):
-                    failed.add((*targets_at, k))
+                at = (*targets_at, k)
+                if at not in level_at:
+                    level_at[at] = level(at, k, ref)
+                people = level_at[at]
+                if people is None:
                     ok = False
-                elif not (people := directory.resolve([ref])):
-                    failed.add((*targets_at, k))
-                    ok = False
-                    add(
-                        "escalation_to_nobody",
-                        f"escalate_to level {k + 1} ({ref}) has nobody in it",
-                        doc.where((*targets_at, k)),
-                        "add people to the group, or escalate to someone who can decide",
-                    )
                 else:
                     levels.append(people)
             for seconds, key, where in (

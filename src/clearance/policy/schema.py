@@ -7,12 +7,19 @@ adds the checks that need the whole file (duplicate ids, unknown groups, CEL).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w)?\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+def error_text(err: Mapping[str, Any]) -> str:
+    """The message of one pydantic error, without the "Value error, " prefix pydantic puts
+    before a validator's own ValueError (the policy loader, policy tests, `risk:`)."""
+    return str(err["msg"]).removeprefix("Value error, ")
 
 
 def parse_duration(value: Any) -> int:

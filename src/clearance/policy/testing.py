@@ -38,6 +38,7 @@ from pydantic import (
 from .engine import Engine
 from .load import Policy, PolicyError, Problem
 from .model import Effect, Location, Request, with_default_risk
+from .schema import error_text
 from .yamlpos import YamlSyntaxError, parse
 
 
@@ -83,12 +84,15 @@ def risk_map(value: dict[str, Any]) -> dict[str, Any]:
     try:
         return RiskIn.model_validate(value).risk()
     except ValidationError as exc:
-        raise ValueError("; ".join(_problem_text(err) for err in exc.errors())) from None
+        problems = (_problem_text(err, "risk", "unknown signal") for err in exc.errors())
+        raise ValueError("; ".join(problems)) from None
 
 
-def _problem_text(err: Any) -> str:
-    where = ".".join(str(p) for p in err["loc"]) or "risk"
-    return f"{where}: {'unknown signal' if err['type'] == 'extra_forbidden' else err['msg']}"
+def _problem_text(err: Any, whole: str, unknown: str) -> str:
+    """`path: message` for one pydantic error (`whole` when at the top; `unknown` for a key
+    that is not allowed there)."""
+    where = ".".join(str(p) for p in err["loc"]) or whole
+    return f"{where}: {unknown if err['type'] == 'extra_forbidden' else error_text(err)}"
 
 
 class CaseIn(_Strict):
@@ -143,12 +147,12 @@ def load_suite(path: str | Path) -> Suite:
     try:
         suite = SuiteIn.model_validate(doc.data)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = tuple(err["loc"])
-            where = ".".join(str(p) for p in loc) or "file"
-            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            problems.append(Problem("test_file", f"{where}: {msg}", doc.where_key(loc)))
+        problems = [
+            Problem(
+                "test_file", _problem_text(err, "file", "unknown key"), doc.where_key(err["loc"])
+            )
+            for err in exc.errors()
+        ]
         raise PolicyError(problems) from None
     base = Path(path).parent
     policy = suite.policy

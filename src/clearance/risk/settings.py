@@ -48,6 +48,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ..policy.schema import error_text
+
 __all__ = [
     "DEFAULT_WEIGHTS",
     "WEEKDAYS",
@@ -306,10 +308,5 @@ def load_risk_settings(section: Mapping[str, Any] | RiskSettings | None) -> Risk
         for err in exc.errors():
             path = tuple(p for p in err["loc"] if isinstance(p, str | int))
             where = ".".join(str(p) for p in ("risk", *path))
-            problems.append((path, f"{where}: {_message(err['msg'])}"))
+            problems.append((path, f"{where}: {error_text(err)}"))
         raise RiskSettingsError("; ".join(m for _, m in problems), problems) from None
-
-
-def _message(msg: str) -> str:
-    """pydantic's message for a validator's ValueError, without its "Value error, " prefix."""
-    return msg.removeprefix("Value error, ")
