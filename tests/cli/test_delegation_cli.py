@@ -3,28 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from clearance.audit.export import iter_entries
-from clearance.cli import app
 from clearance.store.database import open_database
 
-from ..fixtures import ENTERPRISE
-
-runner = CliRunner()
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path}/c.db"
-
-
-def run(db: str, *args: str) -> tuple[int, str]:
-    result = runner.invoke(app, [*args, "--config", str(ENTERPRISE), "--database-url", db])
-    return result.exit_code, result.output
+from .enterprise import run
 
 
 def test_delegate_list_and_undelegate(db: str) -> None:

@@ -7,30 +7,16 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from clearance.audit.export import iter_entries
-from clearance.cli import app
 from clearance.delegation import set_delegation
 from clearance.policy import load_policy
 from clearance.store.database import open_database
 
 from ..fixtures import ENTERPRISE
-
-runner = CliRunner()
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path}/c.db"
-
-
-def run(db: str, *args: str) -> tuple[int, str]:
-    result = runner.invoke(app, [*args, "--config", str(ENTERPRISE), "--database-url", db])
-    return result.exit_code, result.output
+from .enterprise import run
 
 
 def kinds(db: str) -> list[tuple[str, str | None]]:

@@ -9,29 +9,13 @@ import json
 import sqlite3
 from pathlib import Path
 
-import pytest
-from typer.testing import CliRunner
-
 from clearance.cli import app
 from clearance.gateway import Gateway
 from clearance.policy import Request
 
 from ..fixtures import ENTERPRISE
 from ..serverproc import ServerProcess
-
-runner = CliRunner()
-
-
-def run(db: str, *args: str, input: str | None = None) -> tuple[int, str]:
-    result = runner.invoke(
-        app, [*args, "--config", str(ENTERPRISE), "--database-url", db], input=input
-    )
-    return result.exit_code, result.output
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path}/c.db"
+from .enterprise import run, runner
 
 
 def make_approval(db: str) -> str:
