@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,3 +60,16 @@ def set_passwords(gateway: Gateway, password: str = "correct-horse", *people: st
             passwords.set_password(tx.conn, pid, password, now)  # type: ignore[attr-defined]
 
     gateway.writer.run_sync(work)
+
+
+@contextlib.asynccontextmanager
+async def policy_gateway(tmp_path: Path, policy: str, clock: object) -> AsyncIterator[Gateway]:
+    """A gateway on `policy` (YAML text, written to p.yaml) and a SQLite file of the test's
+    own, closed after."""
+    path = tmp_path / "p.yaml"
+    path.write_text(policy)
+    gateway = Gateway.open(path, database_url=f"sqlite:///{tmp_path}/c.db", clock=clock)  # type: ignore[arg-type]
+    try:
+        yield gateway
+    finally:
+        await gateway.aclose()

@@ -32,6 +32,7 @@ from clearance.store.reads import read
 from clearance.testing import FrozenClock, MemoryChannel
 from clearance.testing.outbox import run_outbox
 
+from ..fixtures import policy_gateway
 from .factories import SOON, approve, away_for_a_week, deny, new, plan, req, run, stage
 
 POLICY = """
@@ -246,11 +247,8 @@ async def test_naming_a_delegate_and_its_bad_paths(database: Database) -> None:
 
 @pytest.fixture
 async def gw(tmp_path: Path, clock: FrozenClock) -> AsyncIterator[Gateway]:
-    path = tmp_path / "p.yaml"
-    path.write_text(POLICY)
-    gateway = Gateway.open(path, database_url=f"sqlite:///{tmp_path}/c.db", clock=clock)
-    yield gateway
-    await gateway.aclose()
+    async with policy_gateway(tmp_path, POLICY, clock) as gateway:
+        yield gateway
 
 
 async def test_requests_route_to_the_delegate_and_the_audit_says_bob_for_alice(

@@ -18,6 +18,7 @@ from clearance.store.reads import read
 from clearance.store.schema import routing_cursors
 from clearance.testing import FrozenClock
 
+from ..fixtures import policy_gateway
 from .factories import away_for_a_week
 
 POLICY = """
@@ -68,11 +69,8 @@ policies:
 
 @pytest.fixture
 async def gw(tmp_path: Path, clock: FrozenClock) -> AsyncIterator[Gateway]:
-    path = tmp_path / "p.yaml"
-    path.write_text(POLICY)
-    gateway = Gateway.open(path, database_url=f"sqlite:///{tmp_path}/c.db", clock=clock)
-    yield gateway
-    await gateway.aclose()
+    async with policy_gateway(tmp_path, POLICY, clock) as gateway:
+        yield gateway
 
 
 async def ask(gw: Gateway, action: str, user: str = "req") -> tuple[str, tuple[str, ...]]:

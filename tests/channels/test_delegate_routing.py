@@ -19,6 +19,7 @@ from clearance.testing.outbox import run_outbox
 
 from ..approvals.factories import approve as vote_approve
 from ..approvals.factories import away_for_a_week, new, plan, req, run, stage
+from ..fixtures import policy_gateway
 
 POLICY = """
 version: 1
@@ -72,11 +73,8 @@ channels:
 
 @pytest.fixture
 async def gw(tmp_path: Path, clock: FrozenClock) -> AsyncIterator[Gateway]:
-    path = tmp_path / "p.yaml"
-    path.write_text(POLICY)
-    gateway = Gateway.open(path, database_url=f"sqlite:///{tmp_path}/c.db", clock=clock)
-    yield gateway
-    await gateway.aclose()
+    async with policy_gateway(tmp_path, POLICY, clock) as gateway:
+        yield gateway
 
 
 async def ask(gw: Gateway, action: str) -> str:

@@ -21,6 +21,8 @@ from clearance.server.app import create_app
 from clearance.store.reads import read
 from clearance.testing import FrozenClock
 
+from ..fixtures import policy_gateway
+
 POLICY = """
 version: 1
 directory:
@@ -37,11 +39,8 @@ CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 @pytest.fixture
 async def gw(tmp_path: Path, clock: FrozenClock) -> AsyncIterator[Gateway]:
-    path = tmp_path / "p.yaml"
-    path.write_text(POLICY)
-    gateway = Gateway.open(path, database_url=f"sqlite:///{tmp_path}/c.db", clock=clock)
-    yield gateway
-    await gateway.aclose()
+    async with policy_gateway(tmp_path, POLICY, clock) as gateway:
+        yield gateway
 
 
 @pytest.fixture
