@@ -503,10 +503,10 @@ class Gateway:
             binding_hash(action, params, actor),
             then=seen.write if seen is not None else None,
         )
-        if seen is not None and seen.seq is not None and assessment is not None:
+        if seen is not None and seen.seq is not None:
             from .risk.store import SEEN
 
-            self._noted(seen.seq, assessment, SEEN, now)
+            self._noted(seen.seq, seen.assessment, SEEN, seen.now)
         return released
 
     def _seen_unit(self, assessment: Assessment | None, now: datetime) -> _Seen | None:
@@ -515,16 +515,15 @@ class Gateway:
         waiting, or refused, never vouches for them). Written in the release's own
         transaction, so the two commit together; folded like a check. None when the risk
         signals are off or nothing of the call is new."""
-        risk = self.risk
-        if risk is None or assessment is None:
+        if self.risk is None or assessment is None:
             return None
-        journal = risk.journal_entry(assessment)
+        journal = self.risk.journal_entry(assessment)
         said = assessment.risk
         if journal is None or not (
             said.get("new_geo") or said.get("new_device") or said.get("new_payee")
         ):
             return None
-        return _Seen(journal, now)
+        return _Seen(assessment, journal, now)
 
     async def report_check_result(
         self,
@@ -667,8 +666,10 @@ def _risk_reasons(request: Request) -> tuple[str, ...]:
 @dataclass(slots=True)
 class _Seen:
     """The `risk.seen` entry of a release, written in its transaction (`write`, an
-    `approvals.release` `then`); `seq` once written."""
+    `approvals.release` `then`) at the time the release assessed (`now`, also the time it is
+    noted at, as the fold reads it from the entry); `seq` once written."""
 
+    assessment: Assessment
     journal: list[Any]
     now: datetime
     seq: int | None = None

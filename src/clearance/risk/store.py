@@ -671,22 +671,18 @@ def updaters(
     same stolen laptop asking twice would otherwise be trusted the second time). An approved
     call makes them known when the agent claims it (`SEEN`: that alone, the check having
     counted the rest)."""
-    out: dict[Key, Updater] = {}
     retention = settings.retention_days * _DAY
-    if effect != SEEN:
-        if keys.actor is not None:
-            amount = None if effect in _REFUSED else facts.amount
-            keep = settings.anomaly.history_size
-            out[keys.actor] = ActivityUpdate(ts, amount, keep, ts + max(retention, _DAY))
-        if keys.agent is not None:
-            out[keys.agent] = ActivityUpdate(ts, None, 0, ts + _DAY)
-    if effect in (_ALLOWED, SEEN):
-        seen = TimeUpdate(ts, ts + retention)
-        for key in (keys.geo, keys.device, keys.payee):
-            if key is not None:
-                out[key] = seen
     if effect == SEEN:
-        return out
+        return _sightings(keys, ts, retention)
+    out: dict[Key, Updater] = {}
+    if keys.actor is not None:
+        amount = None if effect in _REFUSED else facts.amount
+        keep = settings.anomaly.history_size
+        out[keys.actor] = ActivityUpdate(ts, amount, keep, ts + max(retention, _DAY))
+    if keys.agent is not None:
+        out[keys.agent] = ActivityUpdate(ts, None, 0, ts + _DAY)
+    if effect == _ALLOWED:
+        out.update(_sightings(keys, ts, retention))
     if keys.bank_change is not None:
         days = settings.patterns.payee_bank_change.days
         out[keys.bank_change] = TimeUpdate(ts, ts + days * _DAY, latest=True)
@@ -702,6 +698,12 @@ def updaters(
 
         out[keys.denials] = denials
     return out
+
+
+def _sightings(keys: StoreKeys, ts: float, retention: float) -> dict[Key, Updater]:
+    """The request's country, device and payee, seen at `ts` (known for `retention` s)."""
+    seen = TimeUpdate(ts, ts + retention)
+    return {key: seen for key in (keys.geo, keys.device, keys.payee) if key is not None}
 
 
 class ActivityUpdate:
