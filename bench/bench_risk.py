@@ -41,6 +41,8 @@ value take `=`: `--past=N`; `--people=N` (20,000 by default; 500 keep every row 
 in the CPU's caches, to see what the size of the working set costs); `--fold-paths=N` also
 times a fold that takes the rows kept current from memory against one that reads every row
 (the journal before 2026-12-07), in N alternating rounds;
+`--cache-rows=N` sizes the row cache (default: the `risk.cache_rows` setting, 100,000; with
+400000 it holds the whole store, which the server then knows from its start);
 `--database-url=postgresql://…` runs everything against PostgreSQL (an empty or migrated
 database); `--sqlite-tuning` adds the proposed page cache and mmap pragmas. Nothing is
 asserted; `tests/risk/test_bench_risk.py` runs the builders at tiny sizes.
@@ -556,6 +558,7 @@ async def measure(bench: Bench, sizes: Sizes) -> dict[str, Stats]:
     # A server that has run a while: its row cache filled at start (`warm`: the most recently
     # updated rows, as `clearance serve` does), then a few minutes of checks.
     bench.risk.warm(bench.reader, bench.now())
+    bench.effects["kept whole at start"] = int(bench.risk.cache.whole)
     for _ in range(sizes.warm_cache):
         await bench.with_risk(people())
         await bench.settle()
@@ -660,6 +663,7 @@ async def run_checks(
         cache = risk.cache
         looked = cache.hits + cache.misses
         bench.effects["cache hit %"] = round(100 * cache.hits / looked) if looked else 0
+        bench.effects["kept whole at the end"] = int(cache.whole)
         folds = list(bench.folds)
         alone = measure_alone(bench, sizes.alone)
         if fold_paths:
@@ -691,13 +695,15 @@ def run(
     *,
     sqlite_tuning: bool = False,
     fold_paths: int = 0,
+    cache_rows: int | None = None,
 ) -> int:
-    risk = RiskEngine()
+    risk = RiskEngine(cache_rows=cache_rows)
     with tempfile.TemporaryDirectory(prefix="bench-risk-") as tmp:
         target = url or f"sqlite:///{tmp}/risk.db"
         tuning = "; SQLite tuning (64 MB cache, mmap)" if sqlite_tuning else ""
         print(
-            f"risk signals benchmark ({label}): {sizes.past:,} past checks; load {_load()}{tuning}"
+            f"risk signals benchmark ({label}): {sizes.past:,} past checks; row cache "
+            f"{risk.cache.size:,} rows; load {_load()}{tuning}"
         )
         db, pop, figures = prepare(target, sizes, risk, sqlite_tuning=sqlite_tuning)
         where = db.url if not db.is_sqlite else "SQLite (WAL) in a temporary directory"
@@ -797,6 +803,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "in this many alternating rounds of 800 checks (e.g. 30)",
     )
     parser.add_argument(
+        "--cache-rows",
+        type=int,
+        default=None,
+        help="risk rows kept in memory (default: the `risk.cache_rows` setting, 100,000); "
+        "above the store's row count (the bench's is about 313,000) every row is kept",
+    )
+    parser.add_argument(
         "--people",
         type=int,
         default=None,
@@ -815,12 +828,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     label = "quick" if args.quick else "full"
     if args.people is not None:
         label += f", {sizes.people:,} people"
+    if args.cache_rows is not None and args.cache_rows < 0:
+        parser.error("--cache-rows is a number of rows (0: no row cache)")
     return run(
         sizes,
         args.database_url,
         label,
         sqlite_tuning=args.sqlite_tuning,
         fold_paths=args.fold_paths,
+        cache_rows=args.cache_rows,
     )
 
 

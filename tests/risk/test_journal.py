@@ -328,6 +328,51 @@ async def test_warming_keeps_the_most_recent_rows_with_the_unfolded_checks(
         await writer.writer.aclose()
 
 
+async def test_a_process_warmed_with_every_row_reads_nothing_until_another_folds(
+    database: Database,
+) -> None:
+    """When every row of the store fits in the cache, warming keeps them all and knows it: a
+    person never seen, or a known one's new country, device or payee, is new without a
+    statement, and says what the store says. Once another process has folded, the first's
+    next fold drops what it kept, and a check reads again."""
+    first = Process(database, "a")
+    second = Process(database, "b")
+    try:
+        await first.check(request(user="ann", geo="FR", device="d1", payee="p1", amount=5), at(0))
+        await first.fold(at(1))
+        warmed = RiskEngine(cache_rows=100, chain_id="a")
+        warmed.journal.adopt(first.engine.journal)
+        first.engine = warmed
+        with database.connect() as conn:
+            assert warmed.warm(conn, at(2)) == len(stored(database))
+        assert warmed.cache.whole
+        asks = [
+            request(user="ann", geo="FR", device="d1", payee="p1", amount=5),
+            request(user="ann", geo="DE", device="d2", payee="p2", amount=5),
+            request(user="zed", geo="FR", device="d1", payee="p1", amount=5),
+        ]
+        for i, req in enumerate(asks):
+            kept = warmed.kept_assessment(req, at(3 + i))
+            assert kept is not None  # no statement needed
+            assert kept.risk == afresh(database, req, at(3 + i))
+        assert kept is not None and kept.risk["new_geo"] and kept.risk["new_payee"]
+        await first.check(asks[2], at(10))  # zed, allowed: his rows now exist, in memory
+        again = warmed.kept_assessment(asks[2], at(11))
+        assert again is not None and not again.risk["new_geo"] and again.risk["velocity_1h"] == 2
+        await second.check(request(user="zed", geo="IT"), at(12))
+        await second.fold(at(13))  # another process folded
+        await first.check(asks[2], at(14))
+        await first.fold(at(15))
+        assert not warmed.cache.whole
+        assert warmed.kept_assessment(request(user="zed", geo="IT"), at(16)) is None
+        with database.connect() as conn:
+            r = warmed.assess(conn, request(user="zed", geo="IT"), at(16))
+        assert r["velocity_1h"] == 4 and not r["new_geo"]
+    finally:
+        await first.writer.aclose()
+        await second.writer.aclose()
+
+
 async def test_a_failing_first_fold_fails_the_check_closed_until_one_succeeds(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -332,6 +332,7 @@ async def test_metrics_show_the_risk_cache(
         cache = gateway.risk.cache
         assert cache.hits > 0 and cache.misses > 0
         assert f"clearance_risk_cache_rows {float(len(cache))}" in text
+        assert f"clearance_risk_cache_whole {float(cache.whole)}" in text
         assert f'clearance_risk_cache_lookups_total{{result="hit"}} {float(cache.hits)}' in text
         assert f'clearance_risk_cache_lookups_total{{result="miss"}} {float(cache.misses)}' in text
         assert "clearance_risk_unfolded_checks 2.0" in text  # counted, not yet stored

@@ -7,7 +7,14 @@ from datetime import date, time
 import pytest
 
 from clearance.policy.yamlpos import parse
-from clearance.risk import DEFAULT_WEIGHTS, RiskSettings, RiskSettingsError, load_risk_settings
+from clearance.risk import (
+    DEFAULT_CACHE_ROWS,
+    DEFAULT_WEIGHTS,
+    RiskEngine,
+    RiskSettings,
+    RiskSettingsError,
+    load_risk_settings,
+)
 
 
 def test_a_missing_section_means_the_defaults() -> None:
@@ -20,6 +27,12 @@ def test_a_missing_section_means_the_defaults() -> None:
     assert s.effective_weights == DEFAULT_WEIGHTS
     assert s.velocity_limits.per_minute == 5 and s.agent_velocity_limits.per_hour == 600
     assert s.patterns.payee_bank_change.days == 30 and s.patterns.denial_burst.count == 5
+    assert s.cache_rows == DEFAULT_CACHE_ROWS == RiskEngine().cache.size
+
+
+def test_the_row_cache_is_sized_by_the_section_unless_the_engine_is_told() -> None:
+    assert RiskEngine({"cache_rows": 7}).cache.size == 7
+    assert RiskEngine({"cache_rows": 7}, cache_rows=0).cache.size == 0
 
 
 def test_a_yaml_section_loads_with_unquoted_times_and_dates() -> None:
@@ -68,6 +81,7 @@ def test_a_yaml_section_loads_with_unquoted_times_and_dates() -> None:
         ({"anomaly": {"min_history": 20, "history_size": 10}}, "at least anomaly.min_history"),
         ({"working_days": ["funday"]}, "risk.working_days.0"),
         ({"score_cap": 150}, "risk.score_cap"),
+        ({"cache_rows": -1}, "risk.cache_rows: Input should be greater than or equal to 0"),
         ({"velocity": 3}, "risk.velocity: Extra inputs are not permitted"),
     ],
 )

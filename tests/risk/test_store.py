@@ -447,6 +447,29 @@ def test_complete_sets_say_absent_until_a_row_of_theirs_is_evicted_or_held() -> 
     assert cache.get_many([bank]) == {} and len(cache) == 0
 
 
+def test_a_cache_holding_the_whole_store_says_absent_until_it_no_longer_does() -> None:
+    """Kept whole (`cover_all`), any row not kept is absent as of the mark; an eviction, a
+    hold, dropped sets or a clear end that, a deletion does not; more rows than fit never
+    make it whole."""
+    k1, k2 = ("seen_geo", "ann", "FR"), ("actor_action", "bob", "pay")
+    cache = RowCache(2)
+    cache.cover_all(5, {k1: (1, 10.0, 5)})
+    assert cache.whole
+    assert cache.get_many([k1, k2]) == {k1: (1, 10.0, 5), k2: (0, None, 5)}
+    cache.forget([k1])  # deleted from the store: absent, still whole
+    assert cache.whole and cache.get_many([k1]) == {k1: (0, None, 5)}
+    cache.put_many({("x", str(i), ""): (1, i) for i in range(3)})  # one is evicted
+    assert not cache.whole and cache.get_many([k2]) == {}
+    for end in (cache.hold, lambda _keys: cache.drop_sets(), lambda _keys: cache.clear()):
+        cache.cover_all(6, {})
+        assert cache.whole
+        end([k1])
+        assert not cache.whole and cache.get_many([k2]) == {}
+    cache.cover_all(7, {("x", str(i), ""): (1, i) for i in range(3)})  # three rows, room for two
+    assert not cache.whole
+    assert not RowCache(0).whole
+
+
 def test_a_person_with_too_many_rows_is_read_row_by_row(database: Database) -> None:
     """Someone who paid more payees than are read at once is never kept whole: each unknown
     payee of theirs is read, and still known new or not."""

@@ -49,7 +49,13 @@ from sqlalchemy import Connection
 from . import store
 from .facts import Facts, RequestLike, facts_of
 from .journal import FoldResult, Journal, facts_json
-from .settings import DEFAULT_WEIGHTS, RiskSettings, RiskSettingsError, load_risk_settings
+from .settings import (
+    DEFAULT_CACHE_ROWS,
+    DEFAULT_WEIGHTS,
+    RiskSettings,
+    RiskSettingsError,
+    load_risk_settings,
+)
 from .signals import History, compute, neutral_risk
 
 __all__ = [
@@ -84,18 +90,13 @@ class Assessment:
     history: History | None = None
 
 
-#: Rows of `risk_state` kept in memory by default (see `store.RowCache`): about 400 bytes
-#: each (measured with tracemalloc on the risk benchmark's rows), so at most about 40 MB.
-DEFAULT_CACHE_ROWS = 100_000
-
-
 class RiskEngine:
     """Computes and records the risk signals for a policy's `risk:` settings.
 
     `time_zones` maps people (and agents) to their own IANA time zone, e.g. from the
-    directory; the `risk.time_zones` setting overrides it. `cache_rows` bounds this engine's
-    in-memory copy of the rows it read or wrote (0: read the store on every check); use one
-    engine per database.
+    directory; the `risk.time_zones` setting overrides it. `cache_rows` (default: the
+    `risk.cache_rows` setting) bounds this engine's in-memory copy of the rows it read or
+    wrote (0: read the store on every check); use one engine per database.
     """
 
     def __init__(
@@ -103,11 +104,12 @@ class RiskEngine:
         settings: RiskSettings | Mapping[str, Any] | None = None,
         *,
         time_zones: Mapping[str, str] | None = None,
-        cache_rows: int = DEFAULT_CACHE_ROWS,
+        cache_rows: int | None = None,
         chain_id: str = "main",
     ) -> None:
         self.settings = load_risk_settings(settings)
-        self.cache = store.RowCache(cache_rows)
+        size = self.settings.cache_rows if cache_rows is None else cache_rows
+        self.cache = store.RowCache(size)
         self.journal = Journal(self.settings, self.cache, chain_id)
         zones = dict(time_zones or {})
         for name, zone in zones.items():

@@ -35,6 +35,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from sys import intern
 from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import Connection, select, text
@@ -301,18 +302,21 @@ class Journal:
             self.cache.advance(seq, items, _counted)
 
     def warm(self, conn: Connection, now: datetime, limit: int | None = None) -> int:
-        """Fill the kept rows with the most recently updated unexpired ones (at most the
-        cache's size), as a process that has run a while would hold: a restarted server does
-        not start cold. One statement (a top-N sort, no index needed); how many rows."""
+        """Fill the kept rows with the most recently updated ones (at most the cache's size),
+        as a process that has run a while would hold: a restarted server does not start cold.
+        When every row fits, the cache knows it holds the whole store (`RowCache.cover_all`),
+        and no check reads until a row must be evicted or another process folds. One
+        statement (a top-N sort, no index needed); how many rows."""
         n = self.cache.size if limit is None else min(limit, self.cache.size)
         if n <= 0:
             return 0
         c = risk_state.c
+        # Expired rows too (until `prune` deletes them, a row is a row): when every row fits,
+        # the rows kept are the whole store, and a row not kept is known absent.
         query = (
             select(c.kind, c.subject, c.item, c.version, c.state)
-            .where(c.expires_at > now)
             .order_by(c.updated_at.desc())
-            .limit(n)
+            .limit(n + 1)
         )
         # Its own short transaction on an idle connection: none is left open (on SQLite an
         # open read would hold back every WAL checkpoint).
@@ -325,14 +329,24 @@ class Journal:
             after = _read_marks(conn)
         if before != after:
             return 0  # a fold ran meanwhile: the rows and the marks may disagree; stay cold
+        whole = len(found) <= n
+        found = found[:n]
+        # The same names recur across rows (a person's countries, devices and payees; an
+        # action's actors): one copy of each string kept.
         rows = {
-            (str(k), str(s), str(i)): (int(v), decode_value(str(k), bytes(st)))
+            (intern(str(k)), intern(str(s)), intern(str(i))): (
+                int(v),
+                decode_value(str(k), bytes(st)),
+            )
             for k, s, i, v, st in reversed(found)  # the most recent ends most recently used
         }
         mark = after.get(self.chain_id, 0)
         with self._lock:
             current = {k: self._current(k, row, mark, owned=True) for k, row in rows.items()}
-            self.cache.put_many(current, read=True)
+            if whole:
+                self.cache.cover_all(mark, current)
+            else:
+                self.cache.put_many(current, read=True)
             if bank_read:
                 self._keep_bank(bank, mark)
             if self._marks is None:  # the kept rows are those of these marks

@@ -30,6 +30,9 @@ Every key is optional; unknown keys are errors (a typo must not silently disable
                 new_geo: 20, new_device: 20, new_payee: 15,
                 payee_bank_change: 80, denial_burst: 50}
       score_cap: 100
+      cache_rows: 100000                       # risk rows kept in memory (0: none), about
+                                               # 650 bytes each; above the store's row count,
+                                               # a check never reads
 
 Times may be written quoted (`"18:00"`); an unquoted `18:00`, which YAML 1.1 reads as the
 base-60 number 1080, is understood as the same time of day (and `9:00:00` as 09:00). A bare
@@ -81,6 +84,13 @@ DEFAULT_WEIGHTS: dict[str, int] = {
     "payee_bank_change": 80,
     "denial_burst": 50,
 }
+
+
+#: Rows of `risk_state` kept in memory by default (`risk.cache_rows`; see `store.RowCache`):
+#: about 650 bytes each (measured with tracemalloc on the risk benchmark's 312,617 rows: 200
+#: MB; a person's counters for an action about 1 KB, a country, device or payee 150 bytes),
+#: so at most about 65 MB.
+DEFAULT_CACHE_ROWS = 100_000
 
 
 class RiskSettingsError(ValueError):
@@ -241,6 +251,7 @@ class RiskSettings(_Strict):
     patterns: PatternSettings = PatternSettings()
     weights: dict[str, float] = {}
     score_cap: int = Field(100, ge=0, le=100)
+    cache_rows: int = Field(DEFAULT_CACHE_ROWS, ge=0, le=100_000_000)
 
     @field_validator("time_zone")
     @classmethod

@@ -213,7 +213,9 @@ class RowCache:
       changed), outside the least-recently-used order, so that none is evicted: any other
       row of that kind is absent. An absent row found this way is (0, None, since), `since`
       being the fold mark of the read that made the set complete. Evicting a row of a
-      complete subject, or holding one of a complete set, ends that set.
+      complete subject, or holding one of a complete set, ends that set. `cover_all` says
+      it holds every row of the store (warming found that they all fit): any row it does not
+      hold is absent, until a row is evicted or held or the sets are dropped.
 
     An entry can only be stale when another process or instance changed the row; then
     `record`'s compare-and-set fails and reads it again. So in one process (embedded SQLite)
@@ -230,6 +232,7 @@ class RowCache:
         self._rows: OrderedDict[Key, Row] = OrderedDict()
         self._kinds: dict[str, tuple[int, dict[Key, Row]]] = {}  # kind → (since, every row)
         self._subjects: dict[str, int] = {}  # subject → since: every SUBJECT_KINDS row kept
+        self._whole: int | None = None  # since: every row of the store is kept
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -258,10 +261,10 @@ class RowCache:
                     if row is not _HELD:
                         rows.move_to_end(key)
                         found[key] = row
-                elif kind in SUBJECT_KINDS:
-                    since = subjects.get(key[1])
-                    if since is not None:
-                        found[key] = (0, None, since)
+                elif kind in SUBJECT_KINDS and key[1] in subjects:
+                    found[key] = (0, None, subjects[key[1]])
+                elif self._whole is not None:
+                    found[key] = (0, None, self._whole)
             if count:
                 self.hits += len(found)
                 self.misses += len(keys) - len(found)
@@ -347,6 +350,22 @@ class RowCache:
             self._subjects[subject] = since
             self._put(rows, True)
 
+    def cover_all(self, since: int, rows: Mapping[Key, Row]) -> None:
+        """`rows` are every row of the store as of fold mark `since`: keep them, and know that
+        there are no others (until one is evicted, or the sets are dropped)."""
+        if not self.size or len(rows) > self.size:
+            return
+        with self._lock:
+            if any(self._rows.get(k) is _HELD for k in rows):
+                return
+            self._put(rows, True)
+            self._whole = since
+
+    @property
+    def whole(self) -> bool:
+        """Whether every row of the store is kept (an absent row is known absent)."""
+        return self._whole is not None
+
     def cover_kind(self, kind: str, since: int, rows: Mapping[Key, Row]) -> None:
         """`rows` are every row of `kind` as of fold mark `since`: keep them all (outside the
         least-recently-used order, where they shadow any copy), and know that there are no
@@ -377,6 +396,7 @@ class RowCache:
         if not self.size:
             return
         with self._lock:
+            self._whole = None
             for key in keys:
                 if key[0] in self._kinds:
                     self._unpin(key[0])
@@ -390,6 +410,7 @@ class RowCache:
             self._rows.clear()
             self._kinds.clear()
             self._subjects.clear()
+            self._whole = None
 
     def drop_sets(self) -> None:
         """Know no set complete any more (the rows stay kept)."""
@@ -397,6 +418,7 @@ class RowCache:
             for kind in list(self._kinds):
                 self._unpin(kind)
             self._subjects.clear()
+            self._whole = None
             self._trim()
 
     def forget(self, keys: list[Key]) -> None:
@@ -424,6 +446,7 @@ class RowCache:
         cached = self._rows
         subjects = self._subjects
         while len(cached) > self.size:
+            self._whole = None
             key, _ = cached.popitem(last=False)
             if subjects and key[0] in SUBJECT_KINDS:
                 subjects.pop(key[1], None)

@@ -29,6 +29,12 @@ class _RiskCache(Collector):
         )
         rows.add_metric([], len(cache))
         yield rows
+        whole = GaugeMetricFamily(
+            "clearance_risk_cache_whole",
+            "1 when the risk rows in memory are every row of the store (no check reads)",
+        )
+        whole.add_metric([], 1 if cache.whole else 0)
+        yield whole
         lookups = CounterMetricFamily(
             "clearance_risk_cache_lookups",
             "Risk rows looked up in memory before a check, by whether they were there",
