@@ -396,6 +396,7 @@ class Bench:
         self.rng = random.Random(SEED + 1)
         self.clock = NOW.timestamp()
         self.effects: dict[str, int] = {}
+        self.whole_at_start = False  # every row kept once warmed (`RowCache.cover_all`)
         self.folds: list[tuple[int, int, int]] = []  # (checks counted, ns, CPU ns) each fold
         # The product's own check, whole: `Gateway.check` on the same policy without and with
         # a `risk:` section (default settings, as `risk`'s), on this process's writer and, with
@@ -558,7 +559,7 @@ async def measure(bench: Bench, sizes: Sizes) -> dict[str, Stats]:
     # A server that has run a while: its row cache filled at start (`warm`: the most recently
     # updated rows, as `clearance serve` does), then a few minutes of checks.
     bench.risk.warm(bench.reader, bench.now())
-    bench.effects["kept whole at start"] = int(bench.risk.cache.whole)
+    bench.whole_at_start = bench.risk.cache.whole
     for _ in range(sizes.warm_cache):
         await bench.with_risk(people())
         await bench.settle()
@@ -663,7 +664,8 @@ async def run_checks(
         cache = risk.cache
         looked = cache.hits + cache.misses
         bench.effects["cache hit %"] = round(100 * cache.hits / looked) if looked else 0
-        bench.effects["kept whole at the end"] = int(cache.whole)
+        bench.effects["kept whole: at start"] = int(bench.whole_at_start)
+        bench.effects["at the end"] = int(cache.whole)
         folds = list(bench.folds)
         alone = measure_alone(bench, sizes.alone)
         if fold_paths:

@@ -64,22 +64,23 @@ def facts_of(request: RequestLike, settings: RiskSettings) -> Facts:
     pattern = settings.patterns.payee_bank_change
     payee: str | None = None
     bank_change: str | None = None
-    if not pattern.is_change_action(action):
-        if pattern.is_payment_action(action):
+    changes, pays = pattern.roles(action)
+    if not changes:
+        if pays:
             payee = _first(params, settings.payee_params)
     elif _mentions(params.get(pattern.changes_param), pattern.changed_item):
         bank_change = _first(params, pattern.change_payee_params)
     geo = ident(context.get("geo"))
     return Facts(
-        action=action,
-        actor=user or agent,
-        user=user,
-        agent=agent,
-        geo=geo.upper() if geo else None,
-        device=ident(context.get("device_id")),
-        payee=payee,
-        amount=_number(params.get(settings.amount_param)),
-        bank_change_payee=bank_change,
+        action,
+        user or agent,
+        user,
+        agent,
+        geo.upper() if geo else None,
+        ident(context.get("device_id")),
+        payee,
+        _number(params.get(settings.amount_param)),
+        bank_change,
     )
 
 
@@ -94,7 +95,12 @@ def ident(value: Any) -> str | None:
     """An identifier as the signals compare it: a string stripped and in Unicode's NFKC form
     (so that `Zoë` typed with a combining diaeresis, or in full-width letters, is the same
     payee as `Zoë`), an integer as its digits; None for anything else."""
-    if isinstance(value, bool) or value is None:
+    kind = type(value)
+    if kind is str:  # the common case first: an ASCII string
+        if value.isascii():
+            value = value.strip()
+            return value or None
+    elif isinstance(value, bool) or value is None:
         return None
     if isinstance(value, str):
         if not value.isascii():
@@ -115,6 +121,10 @@ def _first(params: Mapping[str, Any], names: tuple[str, ...]) -> str | None:
 
 
 def _number(value: Any) -> float | None:
+    if type(value) is float:  # the common case first
+        if not math.isfinite(value) or value < 0:
+            return None
+        return min(value, MAX_AMOUNT)
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int | float | Decimal):

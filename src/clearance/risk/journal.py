@@ -191,20 +191,21 @@ class Journal:
         for the rest. Without a connection: None when a row must be read (then read it with
         `count=False`: `count` puts the rows in the cache's hit and miss figures)."""
         keys = keys_of(facts)
-        wanted = keys.all()
+        wanted = keys.wanted()
         if not wanted:
             return History(keys=keys)
         known: dict[Key, Any] = self.cache.get_many(wanted, count=count)
-        if known and self._pending:
+        pending = self._pending
+        if known and pending:
             with self._lock:  # count in this process's checks noted since the row was kept
-                behind = {
-                    k: self._current(k, row, _since(row))
-                    for k, row in known.items()
-                    if k in self._pending and self._pending[k][-1][0] > _since(row)
-                }
+                behind = {}
+                for k, row in known.items():
+                    noted = pending.get(k)
+                    if noted is not None and noted[-1][0] > _since(row):
+                        behind[k] = self._current(k, row, _since(row))
                 if behind:
                     self.cache.put_many(behind)
-            known.update(behind)
+                    known.update(behind)
         if len(known) < len(wanted):
             if conn is None:
                 return None

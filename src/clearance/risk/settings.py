@@ -176,6 +176,10 @@ class AnomalySettings(_Strict):
         return self
 
 
+#: Actions whose roles (`PayeeBankChange.roles`) are remembered.
+_ROLES_KEPT = 10_000
+
+
 class PayeeBankChange(_Strict):
     """A payment to a payee whose bank details were changed less than `days` ago.
 
@@ -205,6 +209,22 @@ class PayeeBankChange(_Strict):
 
     def is_payment_action(self, action: str) -> bool:
         return self._payment_re.match(action) is not None
+
+    def roles(self, action: str) -> tuple[bool, bool]:
+        """(`is_change_action`, `is_payment_action`) of `action`, remembered for the first
+        `_ROLES_KEPT` actions (a policy has a few dozen; the bound is for callers that send
+        arbitrary names)."""
+        known = self._roles
+        found = known.get(action)
+        if found is None:
+            found = (self.is_change_action(action), self.is_payment_action(action))
+            if len(known) < _ROLES_KEPT:
+                known[action] = found
+        return found
+
+    @cached_property
+    def _roles(self) -> dict[str, tuple[bool, bool]]:
+        return {}
 
 
 class DenialBurst(_Strict):

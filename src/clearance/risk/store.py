@@ -153,22 +153,26 @@ class StoreKeys:
     bank_change: Key | None = None  # the row this request's bank-details change writes
     denials: Key | None = None
 
-    def all(self) -> list[Key]:
-        keys = {
-            k
-            for k in (
-                self.actor,
-                self.agent,
-                self.geo,
-                self.device,
-                self.payee,
-                self.bank,
-                self.bank_change,
-                self.denials,
+    def wanted(self) -> list[Key]:
+        """The keys to read, each once (in no particular order: reads take no locks)."""
+        return list(
+            dict.fromkeys(
+                [
+                    k
+                    for k in (
+                        self.actor,
+                        self.agent,
+                        self.geo,
+                        self.device,
+                        self.payee,
+                        self.bank,
+                        self.bank_change,
+                        self.denials,
+                    )
+                    if k is not None
+                ]
             )
-            if k is not None
-        }
-        return sorted(keys)  # one lock order for every writer (PostgreSQL row locks)
+        )
 
 
 def keys_of(facts: Facts) -> StoreKeys:
