@@ -269,6 +269,53 @@ remind_after: 3h
     assert any("p.yaml:21:" in p and "remind_after" in p for p in found), found
 
 
+def test_escalate_after_past_the_timeout_is_each_levels_time_with_on_timeout_escalate() -> None:
+    """With on_timeout: escalate, escalate_after at or past the timeout is the time each level
+    gets: the deadline fires a level and moves by it, and the timer never fires that level a
+    second time. A reminder is judged against the last deadline."""
+    policy = load_policy_text(
+        rule(
+            """
+stages: [{name: m, approvers: [group:managers]}]
+timeout: 1h
+escalate_after: 4h
+escalate_to: [group:cfo, group:finance-directors]
+on_timeout: escalate
+remind_after: 6h
+"""
+        )
+    )
+    routing = policy.rules[0].approval.stages[0].routing  # type: ignore[union-attr]
+    assert routing is not None and routing.escalate_after_s == 4 * 3600
+    a = routed(after=4 * 3600, to=(("frank",), ("dana",)), on_timeout=OnTimeout.ESCALATE)
+    a = replace(a, expires_at=NOW + H)
+    assert not esc.fire(a, NOW + 59 * timedelta(minutes=1)).changed
+    first = expire(a, NOW + H)
+    assert first.kinds == ("approval.escalated",) and esc.fired(first.approval, "escalation") == 1
+    assert first.approval.expires_at == NOW + 5 * H
+    assert not esc.fire(first.approval, NOW + 4 * H).changed  # level 1's timer: fired already
+    second = expire(first.approval, NOW + 5 * H)
+    assert second.kinds == ("approval.escalated",) and second.approval.expires_at == NOW + 9 * H
+    assert not esc.fire(second.approval, NOW + 8 * H).changed
+    assert expire(second.approval, NOW + 9 * H).approval.state is ApprovalState.EXPIRED
+
+    found = problems(
+        rule(
+            """
+stages: [{name: m, approvers: [group:managers]}]
+timeout: 1h
+escalate_after: 4h
+escalate_to: [group:cfo, group:finance-directors]
+on_timeout: escalate
+remind_after: 9h
+"""
+        )
+    )
+    assert len(found) == 1 and "p.yaml:22:" in found[0], found
+    assert "remind_after (32400s) is not before the last deadline (32400s" in found[0]
+    assert "give each level more time" in found[0]
+
+
 def test_unknown_group_in_escalate_to_is_named() -> None:
     """An unknown group in escalate_to is an error at its position, with the known groups."""
     found = problems(
@@ -387,7 +434,8 @@ escalate_to: [group:cfo, group:board]
 
 def test_an_approval_level_problem_is_reported_once_for_all_its_stages() -> None:
     """Keys of the approval apply to every stage, but a problem in one is said once; and the
-    hint does not suggest on_timeout: escalate when it is already set."""
+    hint does not suggest on_timeout: escalate when it is already set (where escalate_after
+    past the timeout is valid: the time each level gets)."""
     found = problems(
         rule(
             """
@@ -398,9 +446,11 @@ timeout: 1h
 escalate_after: 2h
 escalate_to: [group:nosuch]
 on_timeout: escalate
+remind_after: 3h
 """
         )
     )
     assert sum("unknown group 'nosuch'" in p for p in found) == 1, found
-    late = [p for p in found if "escalate_after (7200s)" in p]
+    late = [p for p in found if "remind_after (10800s)" in p]
     assert len(late) == 1 and "on_timeout: escalate" not in late[0], found
+    assert not any("escalate_after" in p for p in found), found  # each level's time: valid

@@ -848,20 +848,43 @@ class _Linker:
                     ok = False
                 else:
                     levels.append(people)
-            for seconds, key, where in (
-                (remind_s, "remind_after", remind_at),
-                (after_s, "escalate_after", after_at),
+            # With on_timeout: escalate the deadline moves by escalate_after (else by the
+            # timeout) at each level, so escalate_after may be the time each level gets, and a
+            # reminder can fire as long as the last level's deadline is later. (The reserve a
+            # pick holds back is one more level: counted, though a small group may have none.)
+            escalating = on_timeout == "escalate"
+            lifetime = timeout
+            if escalating:
+                n_levels = len(levels) + (1 if pick not in (None, "all") else 0)
+                lifetime = timeout + n_levels * (after_s or timeout)
+            for seconds, key, where, within, limit in (
+                (remind_s, "remind_after", remind_at, lifetime, "the last deadline"),
+                (after_s, "escalate_after", after_at, None if escalating else timeout, ""),
             ):
-                if seconds is not None and seconds >= timeout:
+                if seconds is not None and within is not None and seconds >= within:
                     ok = False
-                    suggest = key == "escalate_after" and on_timeout != "escalate"
+                    suggest = key == "escalate_after"
+                    before = (
+                        f"the timeout ({timeout}s)"
+                        if within == timeout
+                        else f"{limit} ({within}s: timeout plus each level's time)"
+                    )
                     add(
                         "routing_after_timeout",
-                        f"{key} ({seconds}s) is not before the timeout ({timeout}s): it would "
-                        "never fire",
+                        f"{key} ({seconds}s) is not before {before}: it would never fire",
                         doc.where(where),
-                        f"make {key} shorter than timeout, or lengthen timeout"
-                        + (" (or use on_timeout: escalate)" if suggest else ""),
+                        (
+                            f"make {key} shorter than timeout, or lengthen timeout"
+                            if within == timeout
+                            else f"make {key} shorter, or give each level more time "
+                            "(escalate_after)"
+                        )
+                        + (
+                            " (or use on_timeout: escalate, where escalate_after is the time "
+                            "each level gets)"
+                            if suggest
+                            else ""
+                        ),
                     )
             if pick not in (None, "all") and len(stage.requirements) > 1:
                 ok = False
