@@ -68,6 +68,11 @@ class CheckResult:
             out["approval_id"] = a.id
             out["state"] = a.state.value
             out["expires_at"] = a.expires_at.isoformat()
+            # The plan as routed: the people `pick` paged (the rest of the group as `reserve`),
+            # not the whole group the policy allows; and who stands in for whom.
+            out["approval"] = a.plan.to_json()
+            if a.delegations:
+                out["delegations"] = [list(d) for d in a.delegations]
         return out
 
 

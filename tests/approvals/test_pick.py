@@ -14,6 +14,7 @@ from sqlalchemy import select
 from clearance.delegation import load
 from clearance.gateway import Gateway
 from clearance.policy import Request
+from clearance.server.schemas import DecisionOut
 from clearance.store.reads import read
 from clearance.store.schema import routing_cursors
 from clearance.testing import FrozenClock
@@ -122,6 +123,22 @@ async def test_picked_people_are_required_and_the_group_joins_at_escalate_after(
     assert [e.people for e in done.approval.routing_log] == [reserve]
 
 
+async def test_the_check_answer_names_whom_the_pick_paged(gw: Gateway) -> None:
+    """The agent's answer (`POST /v1/checks`) names the people paged, and the rest of the
+    group as the reserve that joins on escalation, not the whole group as approvers."""
+    result = await gw.check(Request("deploy", {}, {"user": "req"}))
+    assert result.approval is not None
+    plan = result.approval.approval.plan.stages[0].requirements[0]
+    answer = result.to_json()["approval"]["stages"][0]
+    assert answer["approvers"] == list(plan.approvers) and len(plan.approvers) == 2
+    assert answer["reserve"] == list(plan.reserve) and len(plan.reserve) == 3
+    decided = result.decision.to_json()["approval"]["stages"][0]
+    assert decided["approvers"] == ["ann", "ben", "cat", "dev", "eve"]  # the policy's, audited
+    assert "delegations" not in result.to_json()
+    sent = DecisionOut.model_validate(result.to_json()).model_dump()  # what the API sends
+    assert sent["approval"]["stages"][0]["reserve"] == list(plan.reserve)
+
+
 async def test_least_loaded_pages_whoever_has_least_waiting(gw: Gateway) -> None:
     """least_loaded spreads requests over the group and prefers the person whose earlier
     requests were decided."""
@@ -179,7 +196,8 @@ async def test_round_robin_stays_fair_when_members_ask(gw: Gateway) -> None:
 
 async def test_least_loaded_counts_load_against_the_delegate(gw: Gateway) -> None:
     """ann is away (ann → ben): a pick of ann pages ben, so it loads ben. Eight requests page
-    ben, cat, dev and eve twice each (not ben four times), and the load is ben's."""
+    ben, cat, dev and eve twice each (not ben four times), and the load is ben's. The answer
+    to the agent says that ben stands in for ann."""
     away_for_a_week(gw, "ann", "ben")
     paged: Counter[str] = Counter()
     for _ in range(8):
@@ -187,8 +205,11 @@ async def test_least_loaded_counts_load_against_the_delegate(gw: Gateway) -> Non
         assert result.approval is not None
         paged.update(result.approval.approval.open_voters())
     assert paged == {"ben": 2, "cat": 2, "dev": 2, "eve": 2}
+    answers = [await gw.check(Request("restart", {}, {"user": "req"})) for _ in range(4)]
+    stands_in = [a.to_json().get("delegations") for a in answers]
+    assert stands_in == [[["ann", "ben"]]] * 4  # picked or in the reserve, ben answers for ann
     loads = await read(gw.db, lambda c: load(c, ["ann", "ben", "cat", "dev", "eve"]))
-    assert loads == {"ann": 0, "ben": 2, "cat": 2, "dev": 2, "eve": 2}
+    assert loads == {"ann": 0, "ben": 3, "cat": 3, "dev": 3, "eve": 3}
 
 
 async def test_least_loaded_does_not_give_a_delegate_two_seats(gw: Gateway) -> None:

@@ -50,8 +50,9 @@ class CheckIn(_In):
 
 class StageOut(BaseModel):
     name: str
-    approvers: list[str] | None = None
+    approvers: list[str] | None = None  # with `pick`: the people paged
     required: int | None = None
+    reserve: list[str] | None = None  # with `pick`: the rest of the group, paged on escalation
     all_of: list[dict[str, Any]] | None = None
 
 
@@ -72,6 +73,7 @@ class DecisionOut(BaseModel):
     approval_id: str | None = None
     state: str | None = None
     expires_at: str | None = None
+    delegations: list[list[str]] | None = None  # [person away, who stands in]
     grant_id: str | None = None  # allowed by this standing grant
     remembered_denial: str | None = None  # denied as this earlier request was
     released_by_override: bool | None = None  # an emergency override approved it ahead
