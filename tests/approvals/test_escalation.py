@@ -282,18 +282,15 @@ def test_escalate_after_past_the_timeout_is_each_levels_time_with_on_timeout_esc
     """With on_timeout: escalate, escalate_after at or past the timeout is the time each level
     gets: the deadline fires a level and moves by it, and the timer never fires that level a
     second time. A reminder is judged against the last deadline."""
-    policy = load_policy_text(
-        rule(
-            """
+    escalating = """
 stages: [{name: m, approvers: [group:managers]}]
 timeout: 1h
 escalate_after: 4h
 escalate_to: [group:cfo, group:finance-directors]
 on_timeout: escalate
-remind_after: 6h
+remind_after: {remind}
 """
-        )
-    )
+    policy = load_policy_text(rule(escalating.replace("{remind}", "6h")))
     routing = policy.rules[0].approval.stages[0].routing  # type: ignore[union-attr]
     assert routing is not None and routing.escalate_after_s == 4 * 3600
     a = routed(after=4 * 3600, to=(("frank",), ("dana",)), on_timeout=OnTimeout.ESCALATE)
@@ -308,18 +305,7 @@ remind_after: 6h
     assert not esc.fire(second.approval, NOW + 8 * H).changed
     assert expire(second.approval, NOW + 9 * H).approval.state is ApprovalState.EXPIRED
 
-    found = problems(
-        rule(
-            """
-stages: [{name: m, approvers: [group:managers]}]
-timeout: 1h
-escalate_after: 4h
-escalate_to: [group:cfo, group:finance-directors]
-on_timeout: escalate
-remind_after: 9h
-"""
-        )
-    )
+    found = problems(rule(escalating.replace("{remind}", "9h")))
     assert len(found) == 1 and "p.yaml:22:" in found[0], found
     assert "remind_after (32400s) is not before the last deadline (32400s" in found[0]
     assert "give each level more time" in found[0]

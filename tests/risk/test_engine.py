@@ -23,6 +23,15 @@ def test_directory_time_zones_apply_and_settings_override_them() -> None:
     assert engine.signals(request(), History(), friday)["off_hours"] is False
 
 
+def test_time_zones_find_a_person_however_their_name_is_composed() -> None:
+    """A directory (or `risk.time_zones`) key written with a combining accent is the same
+    person as a request's precomposed name: the signals compare names in NFKC form."""
+    friday = datetime(2026, 11, 27, 15, 30, tzinfo=UTC)  # 00:30 Saturday in Tokyo
+    for zones in ({"time_zones": {"zoe\u0308": "Asia/Tokyo"}}, None):
+        engine = RiskEngine(zones, time_zones=None if zones else {"zoe\u0308": "Asia/Tokyo"})
+        assert engine.signals(request(user="zo\u00eb"), History(), friday)["off_hours"] is True
+
+
 def test_an_unknown_directory_time_zone_is_an_error() -> None:
     """A person's bad time zone is reported with the person's id."""
     with pytest.raises(RiskSettingsError, match="'carol'"):

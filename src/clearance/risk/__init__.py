@@ -47,7 +47,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from . import store
-from .facts import Facts, RequestLike, facts_of
+from .facts import Facts, RequestLike, facts_of, ident
 from .journal import FoldResult, Journal, facts_json
 from .settings import (
     DEFAULT_CACHE_ROWS,
@@ -118,7 +118,9 @@ class RiskEngine:
             except Exception:
                 raise RiskSettingsError(f"unknown time zone {zone!r} for {name!r}") from None
         zones.update(self.settings.time_zones)
-        self.time_zones: dict[str, str] = zones
+        # Keyed as the signals compare people (`facts.ident`: NFKC), so that a name written
+        # with a combining accent in the directory finds the person a request names.
+        self.time_zones: dict[str, str] = {ident(k) or k: v for k, v in zones.items()}
 
     @property
     def enabled(self) -> bool:
