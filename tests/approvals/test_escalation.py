@@ -96,15 +96,6 @@ def test_escalation_levels_widen_then_follow_the_chain() -> None:
     assert voted.approval.stage_index == 1
 
 
-def test_an_escalation_does_not_reach_a_delegate_already_paged() -> None:
-    """alice is away and frank answers for her: a level naming frank (and dana) reaches only
-    dana, since frank was paged with the stage."""
-    a = routed(after=3600, to=(("frank", "dana"),))
-    a = replace(a, delegations=(("alice", "frank"),))
-    t = esc.fire(a, NOW + H)
-    assert t.kinds == ("approval.escalated",) and t.events[0].people == ("dana",)
-
-
 def test_levels_due_together_fire_together_in_one_change() -> None:
     """After downtime every level that fell due fires at once, in one version step."""
     a = routed(after=600, to=(("frank",), ("dana",)), reserve=("bob",))

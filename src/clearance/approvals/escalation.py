@@ -175,14 +175,9 @@ def _escalate_one(approval: Approval, now: datetime) -> tuple[Approval, workflow
     widened = replace(approval, plan=replace(approval.plan, stages=tuple(stages)))
     counted = widened.counted
     before = set(approval.stage_approvers(index))
-    paged = {approval.delegate_of(p) or p for p in before}  # a delegate was paged for them
     reached = tuple(
         dict.fromkeys(
-            who
-            for p in added
-            if p not in counted and p not in before
-            for who in (widened.delegate_of(p) or p,)
-            if who not in paged
+            widened.delegate_of(p) or p for p in added if p not in counted and p not in before
         )
     )
     entry = RoutingEntry(ESCALATION, index, level, now, reached)
