@@ -592,7 +592,7 @@ class Gateway:
         self.engine = Engine(policy)
         old_risk, self.risk = self.risk, risk_engine(policy, self.writer.chain_id)
         if self.risk is not None and old_risk is not None:
-            self.risk.journal.adopt(old_risk.journal)  # its unfolded checks still count
+            self.risk.adopt(old_risk)  # its unfolded checks still count, its rows stay kept
         self._controls = _ControlSwitches.of(policy)
         await self.writer.append(
             AuditDraft(

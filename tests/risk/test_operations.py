@@ -392,7 +392,9 @@ async def test_the_server_folds_in_the_background(
 async def test_a_policy_reload_keeps_the_unfolded_checks(
     policy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A reload replaces the risk engine; the checks the old one had not folded still count."""
+    """A reload replaces the risk engine; the checks the old one had not folded still count,
+    and the rows it kept stay kept (a check after the reload reads nothing), unless the new
+    policy sizes the cache differently."""
     monkeypatch.setattr("clearance.risk.journal.FOLD_INTERVAL_S", 3600.0)  # no fold by time
     gateway = Gateway.open(policy, database_url=f"sqlite:///{tmp_path}/r.db")
     try:
@@ -400,12 +402,23 @@ async def test_a_policy_reload_keeps_the_unfolded_checks(
         for _ in range(3):
             await gateway.check(pay("carol", "US"))
         before = gateway.risk
+        kept = len(before.cache)
         ok, _ = await gateway.reload(by="test")
         assert ok and gateway.risk is not before and gateway.risk.journal.pending == 4
+        assert kept and len(gateway.risk.cache) == kept and len(before.cache) == 0
+        misses = gateway.risk.cache.misses
         result = await gateway.check(pay("carol", "US"))
         assert result.decision.effect.value == "allow"
+        assert gateway.risk.cache.misses == misses  # from the rows kept: no read
         with gateway.db.connect() as conn:
             risk = gateway.risk.assess(conn, pay("carol", "US"), gateway.clock())
         assert risk["velocity_1h"] == 5
+        policy.write_text(POLICY + "  cache_rows: 50\n")  # another size: a cache of its own
+        ok, _ = await gateway.reload(by="test")
+        assert ok and gateway.risk.cache.size == 50 and len(gateway.risk.cache) == 0
+        assert (await gateway.check(pay("carol", "US"))).decision.effect.value == "allow"
+        with gateway.db.connect() as conn:
+            risk = gateway.risk.assess(conn, pay("carol", "US"), gateway.clock())
+        assert risk["velocity_1h"] == 6  # five paid, and this one
     finally:
         await gateway.aclose()

@@ -126,6 +126,17 @@ class RiskEngine:
     def enabled(self) -> bool:
         return self.settings.enabled
 
+    def adopt(self, other: RiskEngine) -> None:
+        """Take over `other`'s unfolded checks and, when the two keep as many rows, the rows it
+        keeps (a policy reload replaced it): the reloaded server does not start cold. `other`
+        is left with no rows, so that a fold or a check it still finishes cannot change the
+        rows this engine now keeps (a fold of it that commits meanwhile makes this engine's
+        next fold find the marks moved, and drop what it kept)."""
+        self.journal.adopt(other.journal)
+        if other.cache.size == self.cache.size:
+            self.cache = self.journal.cache = other.cache
+            other.cache = other.journal.cache = store.RowCache(0)
+
     def facts(self, request: RequestLike) -> Facts:
         return facts_of(request, self.settings)
 
