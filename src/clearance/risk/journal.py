@@ -249,8 +249,24 @@ class Journal:
         if self._marks is None:
             self._marks = {}
         self._marks[self.chain_id] = mark
+        # Only the rows those checks touched change (rebuilding every row's list cost each
+        # fold of a backlog time in proportion to the whole backlog).
+        touched: set[Key] = set()
         for seq in [s for s in self._seqs if s <= mark]:
-            del self._seqs[seq]
+            touched.update(key for key, _ in self._seqs.pop(seq))
+        pending = self._pending
+        for key in touched:
+            entries = pending.get(key)
+            if entries is None:
+                continue
+            later = [e for e in entries if e[0] > mark]
+            if later:
+                pending[key] = later
+            else:
+                del pending[key]
+
+    def _rebuild_pending(self) -> None:
+        """`_pending` from `_seqs` (after taking over another journal's checks)."""
         pending: dict[Key, list[tuple[int, Updater]]] = {}
         for seq in sorted(self._seqs):
             for key, update in self._seqs[seq]:
@@ -592,6 +608,7 @@ class Journal:
             self._seqs = dict(other._seqs)
             self._marks = dict(other._marks) if other._marks is not None else None
             self._folded_once = other._folded_once
+            self._rebuild_pending()
             self._forget_through(self._own_mark)
 
 
