@@ -204,7 +204,7 @@ class Approval:
 
     def stage_approvers(self, index: int) -> tuple[str, ...]:
         """Everyone listed in any requirement of stage `index`, in order, without repeats."""
-        return _unique(p for req in self.plan.stages[index].requirements for p in req.approvers)
+        return unique(p for req in self.plan.stages[index].requirements for p in req.approvers)
 
     def stage_voters(self, index: int) -> tuple[str, ...]:
         """The people whose approval counted in stage `index`, in the order they voted (a
@@ -323,7 +323,7 @@ class Approval:
                 routed.append(delegate)
             else:
                 routed.append(p)
-        return _unique(routed)
+        return unique(routed)
 
     def would_count(self, person: str) -> bool:
         """Whether `person` approving now would fill a still-open slot of the current stage
@@ -457,7 +457,8 @@ def _stage_slots(
     return slots, owners
 
 
-def _unique(people: Iterable[str]) -> tuple[str, ...]:
+def unique(people: Iterable[str]) -> tuple[str, ...]:
+    """`people` in order, each once."""
     return tuple(dict.fromkeys(people))
 
 

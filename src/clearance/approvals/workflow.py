@@ -22,6 +22,7 @@ from clearance.approvals.model import (
     ExecutionState,
     Vote,
     VoteDecision,
+    unique,
 )
 from clearance.policy.model import ResolvedPlan, ResolvedStage
 
@@ -238,7 +239,7 @@ def cast_vote(approval: Approval, vote: Vote, now: datetime) -> Transition:
         )
     if approval.can_still_complete() and not approval.can_still_complete(person, seat=identity):
         # (a delegate refused here leaves the seat to the person they stand in for)
-        others = [p for p in _unique((*approval.open_voters(), identity)) if p != person]
+        others = [p for p in unique((*approval.open_voters(), identity)) if p != person]
         raise VoteRejected(
             "needed_later",
             f"{person} is needed for a later stage that no one else can approve; approving "
@@ -502,10 +503,6 @@ def _waiting_on(approval: Approval) -> str:
         if not r.met
     ]
     return f"{approval.stage_label(index)} still needs {'; '.join(open_) or 'nothing'}"
-
-
-def _unique(people: tuple[str | None, ...]) -> list[str]:
-    return [p for p in dict.fromkeys(people) if p is not None]
 
 
 def _names(people: tuple[str, ...] | list[str]) -> str:

@@ -12,12 +12,12 @@ needed for a later stage (`rerouted`), or an escalation that gives him a seat of
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 
 from ..approvals import escalation
-from ..approvals.model import Approval
+from ..approvals.model import Approval, unique
 from ..approvals.records import StoredApproval
 from ..audit.writer import WriteTx
 from ..directory import Directory, Person
@@ -53,10 +53,6 @@ def rerouted(approval: Approval) -> tuple[str, ...]:
         return ()
     before = set(replace(approval, votes=approval.votes[:-1]).open_voters())
     return tuple(p for p in approval.open_voters() if p not in before)
-
-
-def _unique(people: Iterable[str]) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(people))
 
 
 class Router:
@@ -96,11 +92,11 @@ class Router:
             if ROUTING_EVENTS & set(events):
                 reached = escalation.to_notify(a, now)
                 # a delegate given a seat of his own no longer fills his delegator's
-                notify = _unique(
+                notify = unique(
                     (*reached, *(p for p in a.open_voters() if a.delegate_of(p) in reached))
                 )
             if "vote.recorded" in events:
-                notify = _unique((*notify, *rerouted(a)))
+                notify = unique((*notify, *rerouted(a)))
         for person in notify:
             outbox.enqueue(
                 tx.conn,
