@@ -24,31 +24,27 @@ def status_line(stored: StoredApproval, directory: Directory) -> str:
     if a.state is ApprovalState.PENDING:
         index = a.stage_index
         current = a.plan.stages[index].name
+        stage = f"stage {index + 1} of {count}"
+        progress = a.stage_progress(index)
+        have = sum(len(r.counted) for r in progress)
+        need = sum(r.required for r in progress)
         done = [v for v in a.votes if v.decision is VoteDecision.APPROVE]
         last = done[-1] if done else None
         nudge = next((e for e in reversed(a.routing_log) if e.stage_index == index), None)
         if nudge is not None and (last is None or nudge.at > last.at):
-            waiting = f"Waiting for {current} (stage {index + 1} of {count})"
-            progress = a.stage_progress(index)
-            have = sum(len(r.counted) for r in progress)
+            waiting = f"Waiting for {current} ({stage})"
             if have:
-                need = sum(r.required for r in progress)
                 waiting += f": {have} of {need} approvals so far"
             since = escalation.stage_started_at(a, index).strftime("%H:%M")
             if nudge.kind == escalation.REMINDER:
                 return f"Reminder: still waiting since {since}. {waiting}"
             return f"Escalated: nobody answered since {since}, so more people are asked. {waiting}"
         if last is None:
-            return f"Waiting for {current} (stage {index + 1} of {count})"
+            return f"Waiting for {current} ({stage})"
         approved = f"Approved by {last.acting(name)} at {last.at.strftime('%H:%M')}"
         if last.stage_index < index:  # that approval met the stage before this one
             return f"{approved} — stage {index} of {count} done; waiting for {current}"
-        progress = a.stage_progress(index)
-        have = sum(len(r.counted) for r in progress)
-        need = sum(r.required for r in progress)
-        return (
-            f"{approved} — {have} of {need} approvals for {current} (stage {index + 1} of {count})"
-        )
+        return f"{approved} — {have} of {need} approvals for {current} ({stage})"
     if a.state is ApprovalState.APPROVED and not any(
         v.decision.value == "approve" for v in a.votes
     ):
