@@ -857,35 +857,30 @@ class _Linker:
             if escalating:
                 n_levels = len(levels) + (1 if pick not in (None, "all") else 0)
                 lifetime = timeout + n_levels * (after_s or timeout)
-            for seconds, key, where, within, limit in (
-                (remind_s, "remind_after", remind_at, lifetime, "the last deadline"),
-                (after_s, "escalate_after", after_at, None if escalating else timeout, ""),
-            ):
-                if seconds is not None and within is not None and seconds >= within:
-                    ok = False
-                    suggest = key == "escalate_after"
-                    before = (
-                        f"the timeout ({timeout}s)"
-                        if within == timeout
-                        else f"{limit} ({within}s: timeout plus each level's time)"
+            timers = [(remind_s, "remind_after", remind_at, lifetime)]
+            if not escalating:
+                timers.append((after_s, "escalate_after", after_at, timeout))
+            for seconds, key, where, limit in timers:
+                if seconds is None or seconds < limit:
+                    continue
+                ok = False
+                if limit == timeout:
+                    before = f"the timeout ({timeout}s)"
+                    hint = f"make {key} shorter than timeout, or lengthen timeout"
+                else:
+                    before = f"the last deadline ({limit}s: timeout plus each level's time)"
+                    hint = f"make {key} shorter, or give each level more time (escalate_after)"
+                if key == "escalate_after":
+                    hint += (
+                        " (or use on_timeout: escalate, where escalate_after is the time each "
+                        "level gets)"
                     )
-                    add(
-                        "routing_after_timeout",
-                        f"{key} ({seconds}s) is not before {before}: it would never fire",
-                        doc.where(where),
-                        (
-                            f"make {key} shorter than timeout, or lengthen timeout"
-                            if within == timeout
-                            else f"make {key} shorter, or give each level more time "
-                            "(escalate_after)"
-                        )
-                        + (
-                            " (or use on_timeout: escalate, where escalate_after is the time "
-                            "each level gets)"
-                            if suggest
-                            else ""
-                        ),
-                    )
+                add(
+                    "routing_after_timeout",
+                    f"{key} ({seconds}s) is not before {before}: it would never fire",
+                    doc.where(where),
+                    hint,
+                )
             if pick not in (None, "all") and len(stage.requirements) > 1:
                 ok = False
                 add(
