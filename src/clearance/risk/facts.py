@@ -95,19 +95,12 @@ def ident(value: Any) -> str | None:
     """An identifier as the signals compare it: a string stripped and in Unicode's NFKC form
     (so that `Zoë` typed with a combining diaeresis, or in full-width letters, is the same
     payee as `Zoë`), an integer as its digits; None for anything else."""
-    kind = type(value)
-    if kind is str:  # the common case first: an ASCII string
-        if value.isascii():
-            value = value.strip()
-            return value or None
-    elif isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, str):
+    if isinstance(value, str):  # the common case first (ASCII is already in NFKC form)
         if not value.isascii():
             value = unicodedata.normalize("NFKC", value)
         value = value.strip()
         return value or None
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return None
 
@@ -122,12 +115,10 @@ def _first(params: Mapping[str, Any], names: tuple[str, ...]) -> str | None:
 
 def _number(value: Any) -> float | None:
     if type(value) is float:  # the common case first
-        if not math.isfinite(value) or value < 0:
-            return None
-        return min(value, MAX_AMOUNT)
-    if isinstance(value, bool) or value is None:
+        number = value
+    elif isinstance(value, bool) or value is None:
         return None
-    if isinstance(value, int | float | Decimal):
+    elif isinstance(value, int | float | Decimal):
         try:
             number = float(value)
         except OverflowError:  # an integer of 400 digits: finite, and far above the cap
