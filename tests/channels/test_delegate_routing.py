@@ -77,6 +77,16 @@ async def gw(tmp_path: Path, clock: FrozenClock) -> AsyncIterator[Gateway]:
         yield gateway
 
 
+@pytest.fixture
+async def hub(gw: Gateway) -> AsyncIterator[ChannelHub]:
+    """The gateway's channels, closed after the test (passed or not)."""
+    channels = ChannelHub.from_settings(gw)
+    try:
+        yield channels
+    finally:
+        await channels.aclose()
+
+
 async def ask(gw: Gateway, action: str) -> str:
     result = await gw.check(Request(action, {}, {"user": "carol"}))
     assert result.approval is not None
@@ -93,13 +103,12 @@ async def sent_to(hub: ChannelHub, clock: FrozenClock) -> list[str]:
 
 
 async def test_delegator_is_notified_when_her_delegate_holds_a_seat_himself(
-    gw: Gateway, clock: FrozenClock
+    gw: Gateway, hub: ChannelHub, clock: FrozenClock
 ) -> None:
     """Stage [alice, bob], 2 required, alice→bob: bob can count once, so alice is sent the
     request at creation as well as bob; bob's vote fills his own seat and leaves hers, and
     nobody is sent it twice."""
     away_for_a_week(gw, "alice", "bob")
-    hub = ChannelHub.from_settings(gw)
     approval_id = await ask(gw, "pair")
     assert sorted(await sent_to(hub, clock)) == ["C-ALICE", "C-BOB"]
     voted = await gw.approvals.decide(approval_id, person="bob", decision="approve")
@@ -108,17 +117,15 @@ async def test_delegator_is_notified_when_her_delegate_holds_a_seat_himself(
     assert await sent_to(hub, clock) == []
     done = await gw.approvals.decide(approval_id, person="alice", decision="approve")
     assert done.approval.state.value == "approved"
-    await hub.aclose()
 
 
 async def test_delegate_needed_later_leaves_the_request_with_the_delegator(
-    gw: Gateway, clock: FrozenClock
+    gw: Gateway, hub: ChannelHub, clock: FrozenClock
 ) -> None:
     """Stage 1 [alice], stage 2 [dana], alice→dana: dana's vote for alice would leave stage 2
     with nobody, so stage 1 goes to alice and dana's vote is refused (`needed_later`); after
     alice approves, dana is sent stage 2 and approves it."""
     away_for_a_week(gw, "alice", "dana")
-    hub = ChannelHub.from_settings(gw)
     approval_id = await ask(gw, "chain")
     assert await sent_to(hub, clock) == ["C-ALICE"]
     with pytest.raises(VoteRefused) as info:
@@ -128,18 +135,16 @@ async def test_delegate_needed_later_leaves_the_request_with_the_delegator(
     assert await sent_to(hub, clock) == ["C-DANA"]
     done = await gw.approvals.decide(approval_id, person="dana", decision="approve")
     assert done.approval.state.value == "approved"
-    await hub.aclose()
 
 
 async def test_a_vote_that_reroutes_a_seat_notifies_the_delegator(
-    gw: Gateway, clock: FrozenClock
+    gw: Gateway, hub: ChannelHub, clock: FrozenClock
 ) -> None:
     """Stage 1 [alice, yan, zoe] needs 2, stage 2 [dana, yan], alice→dana. At first dana may
     stand in for alice (yan is left for stage 2), so alice's seat is routed to dana. Once yan
     approves stage 1, dana is the only one left for stage 2: alice's seat goes back to alice,
     and she is sent the request then."""
     away_for_a_week(gw, "alice", "dana")
-    hub = ChannelHub.from_settings(gw)
     approval_id = await ask(gw, "later")
     assert sorted(await sent_to(hub, clock)) == ["C-DANA", "C-YAN", "C-ZOE"]
     voted = await gw.approvals.decide(approval_id, person="yan", decision="approve")
@@ -147,17 +152,15 @@ async def test_a_vote_that_reroutes_a_seat_notifies_the_delegator(
     assert await sent_to(hub, clock) == ["C-ALICE"]
     await gw.approvals.decide(approval_id, person="alice", decision="approve")
     assert await sent_to(hub, clock) == ["C-DANA"]
-    await hub.aclose()
 
 
 async def test_an_escalation_that_seats_the_delegate_notifies_the_delegator(
-    gw: Gateway, clock: FrozenClock
+    gw: Gateway, hub: ChannelHub, clock: FrozenClock
 ) -> None:
     """Stage [alice, yan] needs 2, alice→dana: alice's seat goes to dana. The escalation adds
     dana as an approver herself: her vote would now fill her own seat, so alice's goes back
     to alice, who is sent the request with dana."""
     away_for_a_week(gw, "alice", "dana")
-    hub = ChannelHub.from_settings(gw)
     approval_id = await ask(gw, "widen")
     assert sorted(await sent_to(hub, clock)) == ["C-DANA", "C-YAN"]
     clock.advance(hours=1)
@@ -165,7 +168,6 @@ async def test_an_escalation_that_seats_the_delegate_notifies_the_delegator(
     escalated = (await gw.approvals.get(approval_id)).approval
     assert escalated.open_voters() == ("alice", "yan", "dana")
     assert sorted(await sent_to(hub, clock)) == ["C-ALICE", "C-DANA"]
-    await hub.aclose()
 
 
 def test_rerouted_is_who_the_latest_vote_newly_calls_on() -> None:
