@@ -308,21 +308,19 @@ class Approval:
         if self.current_stage is None:
             return ()
         counted = self.counted
-        completable = self.can_still_complete()
+        completable: bool | None = None  # worked out once, and only if someone has a delegate
         routed = []
         for p in self.stage_approvers(self.stage_index):
             if p == self.requester or p in counted:
                 continue
             delegate = self.delegate_of(p)
-            if (
-                delegate is not None
-                and delegate not in counted
-                and self.acting_as(delegate) == p
-                and (not completable or self.can_still_complete(delegate, seat=p))
-            ):
-                routed.append(delegate)
-            else:
-                routed.append(p)
+            if delegate is not None and delegate not in counted and self.acting_as(delegate) == p:
+                if completable is None:
+                    completable = self.can_still_complete()
+                if not completable or self.can_still_complete(delegate, seat=p):
+                    routed.append(delegate)
+                    continue
+            routed.append(p)
         return unique(routed)
 
     def would_count(self, person: str) -> bool:
