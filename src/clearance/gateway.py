@@ -123,12 +123,22 @@ class Gateway:
         database_url: str | None = None,
         chain_id: str | None = None,
         clock: Clock = utcnow,
+        existing: bool = False,
     ) -> Gateway:
-        """Load the policy, open (and migrate) the database, start the audit writer."""
+        """Load the policy, open (and migrate) the database, start the audit writer.
+
+        `existing`: the database must already hold Clearance's tables (`DatabaseNotFound`
+        otherwise, and nothing is created): for commands that look at what a gateway stored."""
         paths = [config] if isinstance(config, str | os.PathLike) else list(config)
         policy = load_policy(paths)
         url = database_url or database_url_from(policy)
-        db = open_database(url)
+        db = open_database(url, create_dirs=not existing)
+        if existing:
+            try:
+                db.check_exists()
+            except BaseException:
+                db.dispose()
+                raise
         db.migrate()
         writer = AuditWriter(db, chain_id or os.environ.get("CLEARANCE_CHAIN_ID", "main"))
         return cls(policy, db, writer, clock=clock, config_paths=paths)

@@ -152,3 +152,67 @@ def test_approve_and_deny_through_a_running_server(db: str, tmp_path: Path) -> N
         assert result.exit_code == 1 and "personal API key" in result.output
     finally:
         server.stop()
+
+
+#: Commands that look at (or change) what a gateway stored: none may create a database.
+INSPECTING = [
+    ("audit", "verify"),
+    ("audit", "export"),
+    ("approvals", "list"),
+    ("approvals", "show", "apr_x"),
+    ("keys", "list"),
+    ("keys", "revoke", "key_x"),
+    ("risk", "show", "alice"),
+    ("risk", "prune"),
+    ("users", "delegates"),
+    ("users", "undelegate", "alice"),
+    ("users", "mfa", "list", "alice"),
+    ("overrides", "list"),
+    ("grants", "list"),
+    ("admin", "changes"),
+]
+
+
+def test_inspecting_commands_refuse_a_missing_database(tmp_path: Path) -> None:
+    """Pointed at a place where no gateway ran, `audit verify` must not create an empty
+    database and report that it "checks out" (nor may any other command that looks at what
+    was stored): it fails, names the path, and leaves nothing behind."""
+    where = tmp_path / "elsewhere" / "clearance.db"
+    url = f"sqlite:///{where}"
+    for args in INSPECTING:
+        code, out = run(url, *args)
+        assert code == 1, (args, out)
+        assert f"no Clearance database at {where}" in out, (args, out)
+        assert "--database-url" in out, (args, out)
+    assert not where.parent.exists()
+    # A command that sets something up creates it, as before; then the others find it.
+    assert run(url, "keys", "create", "--agent", "billing-bot")[0] == 0
+    code, out = run(url, "audit", "verify")
+    assert code == 0 and "OK" in out
+
+
+def test_inspecting_commands_refuse_what_is_not_a_clearance_database(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """A file that is not SQLite, an empty SQLite file, an empty PostgreSQL database: each is
+    named and left as it was (no tables are created in it)."""
+    garbage = tmp_path / "notes.db"
+    garbage.write_text("not a database\n")
+    code, out = run(f"sqlite:///{garbage}", "audit", "verify")
+    assert code == 1 and "is not a Clearance database" in out, out
+    assert garbage.read_text() == "not a database\n"
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()
+    code, out = run(f"sqlite:///{empty}", "audit", "verify")
+    assert code == 1 and "holds no Clearance tables" in out, out
+    with sqlite3.connect(empty) as conn:
+        assert conn.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
+    code, out = run(pg_url, "approvals", "list")
+    assert code == 1 and "holds no Clearance tables" in out, out
+    import psycopg
+
+    with psycopg.connect(pg_url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+        tables = conn.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
+        ).fetchone()
+    assert tables == (0,)

@@ -109,7 +109,10 @@ def register(app: typer.Typer) -> None:
         from .. import override as ovr
 
         found = with_gateway(
-            config, database_url, lambda g: ovr.list_overrides(g.db, review_state=state)
+            config,
+            database_url,
+            lambda g: ovr.list_overrides(g.db, review_state=state),
+            existing=True,
         )
         if as_json:
             print_json([o.to_json() for o in found])
@@ -157,6 +160,7 @@ def register(app: typer.Typer) -> None:
                     g, override_id, person=as_person, verdict=verdict, comment=comment,
                     channel="cli",
                 ),
+                existing=True,
             )  # fmt: skip
         except ovr.OverrideRefused as exc:
             fail(f"refused ({exc.code}): {exc.message}")
@@ -186,7 +190,7 @@ def register(app: typer.Typer) -> None:
             with output.open("w", encoding="utf-8") as stream:
                 return export_overrides(gateway.db, stream, start, end)
 
-        count = with_gateway(config, database_url, go)
+        count = with_gateway(config, database_url, go, existing=True)
         if output is not None:
             console.print(f"wrote {count:,} overrides to {output}")
 
@@ -205,7 +209,7 @@ def register(app: typer.Typer) -> None:
             found = await grants.list_grants(gateway.db, now=now, live_only=not all_)
             return [g.to_json(now) for g in found]
 
-        found = with_gateway(config, database_url, go)
+        found = with_gateway(config, database_url, go, existing=True)
         if as_json:
             print_json(found)
             return
@@ -259,7 +263,7 @@ def register(app: typer.Typer) -> None:
             )
 
         try:
-            done = with_gateway(config, database_url, go)
+            done = with_gateway(config, database_url, go, existing=True)
         except grants.GrantError as exc:
             fail(f"{exc.code}: {exc.message}")
         console.print(f"revoked {done.id} ({done.action}, granted by {done.grantor})")

@@ -118,7 +118,7 @@ def undelegate(
     """End PERSON's delegation (in force or scheduled): their requests come to them again."""
     from ..delegation import get_delegation, undelegate_audited
 
-    gateway = open_gateway(config, database_url)
+    gateway = open_gateway(config, database_url, existing=True)
     now = gateway.clock()
     known = gateway.policy.directory.get(person) is not None
 
@@ -159,7 +159,7 @@ def delegates(
         now = gateway.clock()
         return await read(gateway.db, lambda c: list_delegations(c, None if show_all else now))
 
-    items = with_gateway(config, database_url, work)
+    items = with_gateway(config, database_url, work, existing=True)
     if as_json:
         print_json([d.to_json() for d in items])
         return

@@ -37,25 +37,42 @@ DatabaseOpt = Annotated[
 ]
 
 
-def open_gateway(config: list[Path] | None, database_url: str | None = None) -> Gateway:
+def open_gateway(
+    config: list[Path] | None, database_url: str | None = None, *, existing: bool = False
+) -> Gateway:
+    """Open the gateway, with plain-language errors. `existing`: for a command that looks at
+    (or changes) what a gateway stored, the database must already exist: pointed elsewhere
+    (another directory's `.clearance/`, a mistyped URL), it says so instead of creating an
+    empty one and reporting on that — an audit trail that "verifies" because there is none."""
     from ..gateway import Gateway
-    from ..store.errors import StoreUnavailable
+    from ..store.errors import DatabaseNotFound, StoreUnavailable
 
     try:
-        return Gateway.open(config_paths(config), database_url=database_url)
+        return Gateway.open(config_paths(config), database_url=database_url, existing=existing)
     except PolicyError as exc:
         report_policy_error(exc)
     except StoreUnavailable as exc:
         fail(f"the database is unavailable: {exc}")
+    except DatabaseNotFound as exc:
+        fail(
+            f"{exc}; nothing was created or changed",
+            hint="run this where the gateway runs (beside its .clearance/ directory), or pass "
+            "--database-url (or set CLEARANCE_DATABASE_URL) to the gateway's database",
+        )
 
 
 def with_gateway(
-    config: list[Path] | None, database_url: str | None, work: Callable[[Gateway], Awaitable[T]]
+    config: list[Path] | None,
+    database_url: str | None,
+    work: Callable[[Gateway], Awaitable[T]],
+    *,
+    existing: bool = False,
 ) -> T:
-    """Open the gateway, run `work` on an event loop, close it — with plain-language errors."""
+    """Open the gateway, run `work` on an event loop, close it — with plain-language errors
+    (`existing`: see `open_gateway`)."""
     from ..store.errors import StoreUnavailable
 
-    gateway = open_gateway(config, database_url)
+    gateway = open_gateway(config, database_url, existing=existing)
 
     async def main() -> T:
         try:
@@ -322,7 +339,7 @@ def register(app: typer.Typer) -> None:
         """List API keys (never their secrets)."""
         from ..identity import keys
 
-        gateway = open_gateway(config, database_url)
+        gateway = open_gateway(config, database_url, existing=True)
         with gateway.db.connect() as conn:
             found = keys.list_keys(conn)
         asyncio.run(gateway.aclose())
@@ -346,7 +363,7 @@ def register(app: typer.Typer) -> None:
         from ..audit.entry import AuditDraft, Kind
         from ..identity import keys
 
-        gateway = open_gateway(config, database_url)
+        gateway = open_gateway(config, database_url, existing=True)
         now = gateway.clock()
 
         def revoke(tx: Any) -> bool:
@@ -410,7 +427,10 @@ def register(app: typer.Typer) -> None:
         from ..approvals import workflow
 
         found = with_gateway(
-            config, database_url, lambda g: g.approvals.list(state=state, limit=limit)
+            config,
+            database_url,
+            lambda g: g.approvals.list(state=state, limit=limit),
+            existing=True,
         )
         if as_json:
             print_json([s.approval.to_json() for s in found])
@@ -442,7 +462,9 @@ def register(app: typer.Typer) -> None:
         from ..approvals.service import ApprovalNotFound
 
         try:
-            stored = with_gateway(config, database_url, lambda g: g.approvals.get(approval_id))
+            stored = with_gateway(
+                config, database_url, lambda g: g.approvals.get(approval_id), existing=True
+            )
         except ApprovalNotFound as exc:
             fail(exc.message)
         if as_json:
@@ -564,7 +586,7 @@ def register(app: typer.Typer) -> None:
         """Check every entry of every chain; name the first bad one. Exit 1 if tampered."""
         from ..audit.export import verify_store
 
-        gateway = open_gateway(config, database_url)
+        gateway = open_gateway(config, database_url, existing=True)
         with console.status("verifying the audit chain…"):
             report = verify_store(gateway.db)
         asyncio.run(gateway.aclose())
@@ -604,7 +626,7 @@ def register(app: typer.Typer) -> None:
             end = parse_when(until) if until else None
         except ValueError as exc:
             fail(str(exc))
-        gateway = open_gateway(config, database_url)
+        gateway = open_gateway(config, database_url, existing=True)
         writer = export_jsonl if fmt == "jsonl" else export_csv
         if section == "overrides":
             writer = export_overrides

@@ -29,8 +29,10 @@ mfa_app = typer.Typer(
 users_app.add_typer(mfa_app, name="mfa")
 
 
-def _gateway_for(person: str, config: ConfigOpt, database_url: str | None) -> Gateway:
-    gateway = open_gateway(config, database_url)
+def _gateway_for(
+    person: str, config: ConfigOpt, database_url: str | None, *, existing: bool = False
+) -> Gateway:
+    gateway = open_gateway(config, database_url, existing=existing)
     if gateway.policy.directory.get(person) is None:
         asyncio.run(gateway.aclose())
         fail(
@@ -106,7 +108,7 @@ def list_factors(
     """List PERSON's second factors (never their secrets)."""
     from ..identity import mfa
 
-    gateway = _gateway_for(person, config, database_url)
+    gateway = _gateway_for(person, config, database_url, existing=True)
     try:
         with gateway.db.connect() as conn:
             found = mfa.factors(conn, person)
@@ -137,7 +139,7 @@ def reset(
     from ..audit.entry import AuditDraft
     from ..identity import mfa
 
-    gateway = _gateway_for(person, config, database_url)
+    gateway = _gateway_for(person, config, database_url, existing=True)
     now = gateway.clock()
 
     def work(tx: WriteTx) -> int:
@@ -169,7 +171,7 @@ def register(app: typer.Typer) -> None:
         """List proposed changes, newest first, with what became of them."""
         from ..admin_changes import list_changes
 
-        gateway = open_gateway(config, database_url)
+        gateway = open_gateway(config, database_url, existing=True)
         try:
             with gateway.db.connect() as conn:
                 found = list_changes(conn, limit)
@@ -196,7 +198,7 @@ def register(app: typer.Typer) -> None:
         """Show one change: who proposed it, its approval, its state and its diff."""
         from ..admin_changes import load_change
 
-        gateway = open_gateway(config, database_url)
+        gateway = open_gateway(config, database_url, existing=True)
         try:
             with gateway.db.connect() as conn:
                 found = load_change(conn, change_id)

@@ -37,7 +37,7 @@ def prune(config: ConfigOpt = None, database_url: DatabaseOpt = None) -> None:
     async def work(gateway: Gateway) -> int | None:
         return await gateway.prune_risk()
 
-    pruned = with_gateway(config, database_url, work)
+    pruned = with_gateway(config, database_url, work, existing=True)
     if pruned is None:
         fail(
             "this policy has no risk: section, so no risk history is kept",
@@ -72,7 +72,7 @@ def show(
         await gateway.fold_risk()  # every process's latest checks, not only what was folded
         return await read(gateway.db, lambda conn: store.subject_rows(conn, subject))
 
-    rows = with_gateway(config, database_url, work)
+    rows = with_gateway(config, database_url, work, existing=True)
     now = datetime.now(UTC)
     report = _report(subject, rows, now)
     if as_json:

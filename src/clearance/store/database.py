@@ -25,10 +25,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from clearance.store.errors import translate_errors, unavailable_from
+from clearance.store.errors import DatabaseNotFound, translate_errors, unavailable_from
 
 __all__ = ["Database", "open_database"]
 
@@ -164,6 +164,23 @@ class Database:
             finally:
                 if self.is_sqlite:
                     _sqlite_pragma(conn, f"busy_timeout = {int(self.busy_timeout_ms)}")
+
+    def check_exists(self) -> None:
+        """Raise `DatabaseNotFound` unless this database already holds Clearance's tables,
+        creating nothing: for commands that read or change what a gateway stored, so that one
+        pointed at the wrong place says so instead of reporting on a new, empty database (an
+        audit trail that verifies because there is none)."""
+        if self.is_sqlite:
+            path = Path(str(self.sync_engine.url.database))
+            if not path.is_file():
+                raise DatabaseNotFound(f"no Clearance database at {path}")
+        try:
+            with translate_errors():
+                revision = self.current_revision()
+        except DBAPIError as exc:  # e.g. a file that is not a SQLite database
+            raise DatabaseNotFound(f"{self.url} is not a Clearance database ({exc.orig})") from None
+        if revision is None:
+            raise DatabaseNotFound(f"{self.url} holds no Clearance tables")
 
     def current_revision(self) -> str | None:
         """The migration the database is at, or None before the first `migrate()`."""

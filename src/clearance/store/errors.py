@@ -14,11 +14,22 @@ from contextlib import contextmanager
 
 from sqlalchemy import exc as sa_exc
 
-__all__ = ["StoreUnavailable", "is_unavailable", "translate_errors", "unavailable_from"]
+__all__ = [
+    "DatabaseNotFound",
+    "StoreUnavailable",
+    "is_unavailable",
+    "translate_errors",
+    "unavailable_from",
+]
 
 
 class StoreUnavailable(Exception):
     """The database is down, unreachable, locked or otherwise unusable; nothing was written."""
+
+
+class DatabaseNotFound(Exception):
+    """No Clearance database where one was expected to exist (`Database.check_exists`):
+    nothing was created there."""
 
 
 def is_unavailable(exc: BaseException) -> bool:
