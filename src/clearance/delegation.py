@@ -7,7 +7,8 @@ would go to alice are routed to bob, who votes in alice's seat (the vote records
 `on_behalf_of`, the audit says "bob for alice"). Rules:
 - the delegate must be in the directory, someone else, with an end in the future, and no
   loop (a→b while b→a) may form at any time of the new period, counting scheduled
-  delegations; a person has one delegation at a time: one not yet over is replaced only when
+  delegations (changes are made one at a time, across servers too, so that two made at once
+  cannot close a loop between them); a person has one delegation at a time: one not yet over is replaced only when
   the caller says so (`replace`), and the replacement is audited (`delegation.cleared` with
   `replaced_by`, then `delegation.set` with `replaces`);
 - chains are followed (a→b and b→c routes a's requests to c), never onto the requester: a
@@ -40,7 +41,18 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, RowMapping, and_, delete, exists, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    RowMapping,
+    and_,
+    delete,
+    exists,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from .approvals.model import Approval
@@ -53,6 +65,9 @@ from .policy.model import Pick, ResolvedPlan, ResolvedRequirement
 from .store.schema import approvals, delegations, routing_cursors, routing_picks, votes
 
 MAX_CHAIN = 8
+#: PostgreSQL advisory lock held while a delegation is set (any constant shared by every
+#: instance): "DLGT".
+_DELEGATION_LOCK = 0x444C4754
 
 
 class DelegationError(ValueError):
@@ -119,6 +134,11 @@ def set_delegation(
         )
     if until <= start:
         raise DelegationError("empty_period", "the delegation ends before it starts")
+    if conn.dialect.name == "postgresql":
+        # One delegation change at a time across servers: two made at once (a→b here, b→a on
+        # another instance) would each find no loop in what the other had not committed yet.
+        # (SQLite: the writer's BEGIN IMMEDIATE already serialises every write.)
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _DELEGATION_LOCK})
     existing = get_delegation(conn, delegator)
     if existing is not None and existing.until > now and not replace:
         raise DelegationError(

@@ -147,3 +147,36 @@ async def test_replacing_and_ending_are_audited_and_an_ended_one_is_left_alone(
     assert len(kinds) == 3
     with database.connect() as conn:
         assert [d.delegator for d in list_delegations(conn)] == ["dana", "mike"]
+
+
+def test_two_servers_cannot_close_a_loop_at_once(pg_migrated_url: str) -> None:
+    """alice → bob on one instance and bob → alice on another, at the same moment: each alone
+    finds no loop in what the other has not committed yet, so the second waits for the first
+    (a transaction-scoped advisory lock) and is then refused. On SQLite the writer's
+    BEGIN IMMEDIATE serialises them the same way."""
+    import threading
+    import time
+
+    from clearance.store.database import open_database
+
+    first_db, second_db = open_database(pg_migrated_url), open_database(pg_migrated_url)
+    outcome: list[str] = []
+    try:
+        with first_db.begin() as first:
+            set_delegation(
+                first, DIRECTORY, delegator="alice", delegate="bob", until=NOW + DAY, now=NOW
+            )
+            worker = threading.Thread(
+                target=lambda: outcome.append(attempt(second_db, "bob", "alice", NOW + DAY))
+            )
+            worker.start()
+            time.sleep(0.5)  # the other instance reads the delegations while this one is open
+        worker.join(timeout=30)
+        assert not worker.is_alive()
+        assert len(outcome) == 1
+        assert outcome[0].startswith("delegation_loop: this would make a loop (bob → alice → bob)")
+        with first_db.connect() as conn:
+            assert active_map(conn, NOW) == {"alice": "bob"}
+    finally:
+        first_db.dispose()
+        second_db.dispose()
