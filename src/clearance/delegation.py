@@ -8,9 +8,9 @@ would go to alice are routed to bob, who votes in alice's seat (the vote records
 - the delegate must be in the directory, someone else, with an end in the future, and no
   loop (a→b while b→a) may form at any time of the new period, counting scheduled
   delegations (changes are made one at a time, across servers too, so that two made at once
-  cannot close a loop between them); a person has one delegation at a time: one not yet over is replaced only when
-  the caller says so (`replace`), and the replacement is audited (`delegation.cleared` with
-  `replaced_by`, then `delegation.set` with `replaces`);
+  cannot close a loop between them); a person has one delegation at a time: one not yet over
+  is replaced only when the caller says so (`replace`), and the replacement is audited
+  (`delegation.cleared` with `replaced_by`, then `delegation.set` with `replaces`);
 - chains are followed (a→b and b→c routes a's requests to c), never onto the requester: a
   delegate who requested the action is skipped and the request goes to the delegator;
 - the delegator keeps the right to vote; the delegator and the delegate count once (whoever
@@ -28,7 +28,8 @@ over and keeps their place. Its state is durable (`routing_cursors`: a page coun
 locked while it moves so several servers share one rotation, and each person's last page).
 `least_loaded` pages those whose requests would reach someone (the person, or their delegate
 in force) with the fewest pending requests waiting on them through a pick; picks are recorded
-against the person the request is routed to. The rest of the group is kept as the
+against the person the request is routed to, one pick at a time across servers (so that two
+made at once do not count the same loads). The rest of the group is kept as the
 requirement's `reserve` and joins at `escalate_after`. A pick that would make the plan
 impossible (one person counts once across stages) is not applied.
 """
@@ -68,6 +69,8 @@ MAX_CHAIN = 8
 #: PostgreSQL advisory lock held while a delegation is set (any constant shared by every
 #: instance): "DLGT".
 _DELEGATION_LOCK = 0x444C4754
+#: … and while a `least_loaded` pick counts the loads and records itself: "LOAD".
+_LOAD_LOCK = 0x4C4F4144
 
 
 class DelegationError(ValueError):
@@ -435,6 +438,11 @@ def _pick(conn: Connection, a: Approval, now: datetime) -> ResolvedPlan:
             rotation = stage.name  # not the rules that matched: they vary by request
             chosen = _round_robin(conn, rotation, pool, req.required, now)
         else:
+            if conn.dialect.name == "postgresql":
+                # One least_loaded pick at a time across servers, until this transaction
+                # commits its picks: else two at once count the same loads and page the same
+                # person (round_robin has its cursor row for that). SQLite: BEGIN IMMEDIATE.
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOAD_LOCK})
             loads = load(conn, routed.values())
             ranked = sorted(pool, key=lambda p: (loads[routed[p]], pool.index(p)))
             chosen = _distinct_seats(ranked, routed, req.required)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -250,3 +251,71 @@ async def test_round_robin_is_one_rotation_whichever_rules_matched(
         assert paged == [("ann",), ("ben",), ("cat",), ("ann",), ("ben",), ("cat",)], paged
     finally:
         await gateway.aclose()
+
+
+def test_two_servers_share_least_loaded(pg_migrated_url: str) -> None:
+    """Two instances on one PostgreSQL creating requests at the same moment: without a lock
+    each would count the same loads and page the same person. The second waits for the first
+    to commit (the lock round_robin's cursor row gives its rotation), sees the first's pick
+    and pages someone else."""
+    import threading
+    import time
+
+    from clearance.approvals import open_approval
+    from clearance.approvals.records import StoredApproval, insert_approval
+    from clearance.canonical import binding_hash
+    from clearance.delegation import route
+    from clearance.policy.model import (
+        Pick,
+        ResolvedPlan,
+        ResolvedRequirement,
+        ResolvedStage,
+        Routing,
+    )
+    from clearance.store.database import open_database
+
+    from .factories import NOW
+
+    stage = ResolvedStage(
+        "ops",
+        (ResolvedRequirement(("ann", "ben", "cat"), 1),),
+        routing=Routing(pick=Pick.LEAST_LOADED),
+    )
+
+    def stored(n: int) -> StoredApproval:
+        actor = {"user": "req"}
+        return StoredApproval(
+            open_approval(
+                approval_id=f"apr_ll{n}",
+                action="restart",
+                params={},
+                binding_hash=binding_hash("restart", {}, actor),
+                actor=actor,
+                plan=ResolvedPlan(stages=(stage,), timeout_s=3600),
+                now=NOW,
+            )
+        )
+
+    def create(db: Any, n: int) -> tuple[str, ...]:
+        with db.begin() as conn:
+            routed = route(conn, stored(n), NOW)
+            insert_approval(conn, routed)
+        return routed.approval.plan.stages[0].requirements[0].approvers
+
+    first_db, second_db = open_database(pg_migrated_url), open_database(pg_migrated_url)
+    second: list[tuple[str, ...]] = []
+    try:
+        with first_db.begin() as conn:
+            routed = route(conn, stored(1), NOW)
+            insert_approval(conn, routed)
+            first = routed.approval.plan.stages[0].requirements[0].approvers
+            worker = threading.Thread(target=lambda: second.append(create(second_db, 2)))
+            worker.start()
+            time.sleep(0.5)  # the other instance counts the loads while this one is open
+        worker.join(timeout=30)
+        assert not worker.is_alive()
+        assert first == ("ann",)
+        assert second == [("ben",)]
+    finally:
+        first_db.dispose()
+        second_db.dispose()
