@@ -40,7 +40,8 @@ import dataclasses
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time, tzinfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import (
     Connection,
@@ -106,6 +107,24 @@ class Delegation:
 
 
 # -- delegations -------------------------------------------------------------------------------
+
+
+def zone_of(directory: Directory, person: str) -> tzinfo:
+    """The time zone in which `person`'s delegation dates are meant: their directory
+    `timezone`, else UTC (a date typed by someone in Tokyo is a day in Tokyo)."""
+    found = directory.get(person)
+    name = found.timezone if found is not None else None
+    if not name:
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):  # pragma: no cover - checked when loaded
+        return UTC
+
+
+def day_start(day: date, zone: tzinfo) -> datetime:
+    """00:00 of `day` in `zone`, as a UTC time."""
+    return datetime.combine(day, time(0), tzinfo=zone).astimezone(UTC)
 
 
 def set_delegation(

@@ -7,16 +7,18 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from clearance.audit.export import iter_entries
-from clearance.delegation import set_delegation
+from clearance.cli import app
+from clearance.delegation import get_delegation, set_delegation
 from clearance.policy import load_policy
 from clearance.store.database import open_database
 
 from ..fixtures import ENTERPRISE
-from .enterprise import run
+from .enterprise import run, runner
 
 
 def kinds(db: str) -> list[tuple[str, str | None]]:
@@ -103,3 +105,59 @@ def test_undelegate_a_delegation_already_over_is_not_a_success(db: str) -> None:
     assert kinds(db) == []
     listed = json.loads(run(db, "users", "delegates", "--all", "--json")[1])
     assert [d["delegator"] for d in listed] == ["alice"]
+
+
+ZONED = """
+version: 1
+directory:
+  people:
+    - {id: kenji, timezone: Asia/Tokyo}
+    - {id: nora, timezone: America/New_York}
+    - {id: uma}
+    - {id: bob}
+policies: {default: deny, rules: []}
+"""
+
+
+def test_dates_are_days_of_the_person_away(db: str, tmp_path: Path) -> None:
+    """A date (or a time without a zone) is meant in the away person's directory timezone:
+    kenji back on 2099-01-10 in Tokyo is 15:00 UTC the day before; nora's New York midnight is
+    05:00 UTC in winter and 04:00 UTC in summer (daylight saving); uma has no timezone: UTC.
+    A time naming its zone is taken as written. The answer gives both clocks."""
+    config = tmp_path / "zoned.yaml"
+    config.write_text(ZONED)
+
+    def delegate(*args: str) -> tuple[int, str]:
+        result = runner.invoke(
+            app, ["users", "delegate", *args, "--replace", "--config", str(config),
+                  "--database-url", db],
+        )  # fmt: skip
+        return result.exit_code, result.output
+
+    def until(person: str) -> datetime:
+        database = open_database(db)
+        try:
+            with database.connect() as conn:
+                found = get_delegation(conn, person)
+        finally:
+            database.dispose()
+        assert found is not None
+        return found.until.astimezone(UTC)
+
+    code, out = delegate("kenji", "--to", "bob", "--until", "2099-01-10")
+    assert code == 0, out
+    assert until("kenji") == datetime(2099, 1, 9, 15, tzinfo=UTC)
+    assert "until 2099-01-09 15:00 UTC" in out and "2099-01-10 00:00 Asia/Tokyo" in out, out
+    assert delegate("kenji", "--to", "bob", "--until", "2099-01-10T17:00")[0] == 0
+    assert until("kenji") == datetime(2099, 1, 10, 8, tzinfo=UTC)
+    assert delegate("kenji", "--to", "bob", "--until", "2099-01-10T17:00Z")[0] == 0
+    assert until("kenji") == datetime(2099, 1, 10, 17, tzinfo=UTC)
+    assert delegate("nora", "--to", "bob", "--until", "2099-01-10")[0] == 0
+    assert until("nora") == datetime(2099, 1, 10, 5, tzinfo=UTC)
+    assert delegate("nora", "--to", "bob", "--until", "2099-07-10")[0] == 0
+    assert until("nora") == datetime(2099, 7, 10, 4, tzinfo=UTC)
+    code, out = delegate("uma", "--to", "bob", "--until", "2099-01-10")
+    assert code == 0 and until("uma") == datetime(2099, 1, 10, tzinfo=UTC)
+    assert "until 2099-01-10 00:00 UTC" in out and "(" not in out, out
+    code, out = delegate("nora", "--to", "bob", "--until", "2099-13-01")
+    assert code == 1 and "is not a date" in out

@@ -4,6 +4,7 @@ current delegation on purpose (audited) while a stale form does not."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -43,12 +44,14 @@ async def gw(tmp_path: Path, clock: FrozenClock) -> AsyncIterator[Gateway]:
         yield gateway
 
 
-@pytest.fixture
-async def alice(gw: Gateway, clock: FrozenClock) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
-    """A client signed in as alice, and the page's CSRF token."""
+@contextlib.asynccontextmanager
+async def signed_in(
+    gw: Gateway, clock: FrozenClock, person: str
+) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
+    """A client signed in as `person`, and the page's CSRF token."""
 
     def give(tx: WriteTx) -> None:
-        passwords.set_password(tx.conn, "alice", "correct-horse-battery", clock())
+        passwords.set_password(tx.conn, person, "correct-horse-battery", clock())
 
     await gw.writer.run(give)
     app = create_app(gw, scheduler=False, channels=False)
@@ -58,11 +61,17 @@ async def alice(gw: Gateway, clock: FrozenClock) -> AsyncIterator[tuple[httpx.As
         token = CSRF.search(login.text).group(1)  # type: ignore[union-attr]
         signed = await client.post(
             "/ui/login",
-            data={"person": "alice", "password": "correct-horse-battery", "csrf_token": token},
+            data={"person": person, "password": "correct-horse-battery", "csrf_token": token},
         )
         assert signed.status_code == 303
         page = await client.get("/ui/delegation")
         yield client, CSRF.search(page.text).group(1)  # type: ignore[union-attr]
+
+
+@pytest.fixture
+async def alice(gw: Gateway, clock: FrozenClock) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
+    async with signed_in(gw, clock, "alice") as signed:
+        yield signed
 
 
 async def test_today_is_a_valid_last_day_and_is_covered_whole(
@@ -125,3 +134,34 @@ async def test_change_delegate_replaces_on_purpose_and_a_stale_form_does_not(
         ("delegation.set", "carol", "web"),
     ]
     assert entries[1].data["replaced_by"] == "carol"
+
+
+ZONED = """
+version: 1
+directory:
+  people:
+    - {id: kenji, timezone: Asia/Tokyo}
+    - {id: bob}
+policies: {default: deny, rules: []}
+"""
+
+
+async def test_the_last_day_is_a_day_of_the_approvers_own_time_zone(
+    tmp_path: Path, clock: FrozenClock
+) -> None:
+    """kenji works in Tokyo: his last day away, 2026-11-30, ends at midnight in Tokyo
+    (15:00 UTC on the 30th), and the page says so in his time as well as in UTC."""
+    async with (
+        policy_gateway(tmp_path, ZONED, clock) as gw,
+        signed_in(gw, clock, "kenji") as (client, csrf),
+    ):
+        page = await client.get("/ui/delegation")
+        assert "to the end of this day (Asia/Tokyo)" in page.text
+        ok = await client.post(
+            "/ui/delegation", data={"delegate": "bob", "until": "2026-11-30", "csrf_token": csrf}
+        )
+        assert ok.status_code == 303, ok.text
+        made = await read(gw.db, lambda c: get_delegation(c, "kenji"))
+        assert made is not None and made.until == datetime(2026, 11, 30, 15, tzinfo=UTC)
+        page = await client.get("/ui/delegation")
+        assert "until 2026-11-30 15:00 UTC (2026-12-01 00:00 your time, Asia/Tokyo)" in page.text

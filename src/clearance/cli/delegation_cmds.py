@@ -7,7 +7,7 @@ of delegation are in `clearance.delegation`; every change is audited.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -23,17 +23,19 @@ if TYPE_CHECKING:
     from ..gateway import Gateway
 
 
-def parse_when(value: str, option: str) -> datetime:
-    """`YYYY-MM-DD` (00:00 UTC that day: for --until, the day they are back) or an ISO
-    date-time (UTC when it names no zone)."""
+def parse_when(value: str, option: str, zone: tzinfo = UTC) -> datetime:
+    """`YYYY-MM-DD` (00:00 that day in `zone`: for --until, the day they are back) or an ISO
+    date-time (in `zone` when it names none), as a UTC time."""
     try:
         if len(value) == 10:
-            return datetime.combine(date.fromisoformat(value), time(0), tzinfo=UTC)
+            from ..delegation import day_start
+
+            return day_start(date.fromisoformat(value), zone)
         parsed = datetime.fromisoformat(value)
     except ValueError:
         day = _example_day()
         fail(f"{option} {value!r} is not a date", hint=f"write {day} or {day}T17:00Z")
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    return (parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=zone)).astimezone(UTC)
 
 
 def _example_day() -> str:
@@ -49,13 +51,17 @@ def delegate(
         str,
         typer.Option(
             "--until",
-            help="When it ends: YYYY-MM-DD (00:00 UTC that day, the day they are back) or an "
-            "ISO time such as YYYY-MM-DDT17:00Z",
+            help="When it ends: YYYY-MM-DD (00:00 that day, the day they are back) or an ISO "
+            "time such as YYYY-MM-DDT17:00Z; a date or time without a zone is in PERSON's "
+            "directory timezone (else UTC)",
         ),
     ],
     start: Annotated[
         str | None,
-        typer.Option("--from", help="When it starts: YYYY-MM-DD or ISO time (default: now)"),
+        typer.Option(
+            "--from",
+            help="When it starts: YYYY-MM-DD or ISO time, as --until (default: now)",
+        ),
     ] = None,
     replace: Annotated[
         bool,
@@ -66,13 +72,17 @@ def delegate(
 ) -> None:
     """Route PERSON's requests to a delegate until a date. A person has one delegation at a
     time: one not yet over is refused unless --replace (the replacement is audited)."""
-    from ..delegation import DelegationError, delegate_audited, get_delegation
+    from ..delegation import DelegationError, delegate_audited, get_delegation, zone_of
 
-    ends = parse_when(until, "--until")
-    begins = parse_when(start, "--from") if start else None
+    parse_when(until, "--until")  # a typo is reported before anything is opened
+    if start:
+        parse_when(start, "--from")
     gateway = open_gateway(config, database_url)
     now = gateway.clock()
     directory = gateway.policy.directory
+    zone = zone_of(directory, person)  # the days of the person away
+    ends = parse_when(until, "--until", zone)
+    begins = parse_when(start, "--from", zone) if start else None
 
     def work(tx: WriteTx) -> tuple[Delegation | None, Delegation]:
         before = get_delegation(tx.conn, person)
@@ -98,14 +108,15 @@ def delegate(
             fail(f"--until {until} is not in the future", hint=_hint(exc.code, person))
         fail(exc.message, hint=_hint(exc.code, person))
     _close(gateway)
+    local = "" if zone is UTC else f" ({_at(made.starts_at, zone)} to {_at(made.until, zone)})"
     console.print(
-        f"{made.delegate} decides for {made.delegator} from {made.starts_at:%Y-%m-%d %H:%M} "
-        f"until {made.until:%Y-%m-%d %H:%M} UTC"
+        f"{made.delegate} decides for {made.delegator} from {_at(made.starts_at)} "
+        f"until {_at(made.until)}{local}"
     )
     if replaced is not None:
         console.print(
             f"(replaces {replaced.delegate}, who was to decide for {person} until "
-            f"{replaced.until:%Y-%m-%d %H:%M} UTC)"
+            f"{_at(replaced.until)})"
         )
 
 
@@ -166,16 +177,22 @@ def delegates(
     if not items:
         console.print("no delegations")
         return
-    table = Table("person", "delegate", "from", "until", "set by")
+    table = Table("person", "delegate", "from (UTC)", "until (UTC)", "set by")
     for d in items:
         table.add_row(
             d.delegator,
             d.delegate,
-            f"{d.starts_at:%Y-%m-%d %H:%M}",
-            f"{d.until:%Y-%m-%d %H:%M}",
+            _at(d.starts_at, zone_name=False),
+            _at(d.until, zone_name=False),
             d.created_by or "",
         )
     console.print(table)
+
+
+def _at(when: datetime, zone: tzinfo = UTC, *, zone_name: bool = True) -> str:
+    """`when` in `zone`, to the minute, with the zone's name (UTC, Asia/Tokyo …)."""
+    text = f"{when.astimezone(zone):%Y-%m-%d %H:%M}"
+    return f"{text} {zone}" if zone_name else text
 
 
 def _close(gateway: Gateway) -> None:

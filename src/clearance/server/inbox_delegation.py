@@ -2,7 +2,8 @@
 
 - `GET /ui/delegation` — my delegation (if any), who has named me, and a form to name one;
 - `POST /ui/delegation` — name a delegate through a last day away (a date: the delegation
-  covers that whole day, to 00:00 UTC the day after), by the rules of `clearance.delegation`:
+  covers that whole day, to 00:00 the day after in the approver's directory `timezone`, else
+  UTC), by the rules of `clearance.delegation`:
   someone else in the directory, a future end, no loop. The form replaces my delegation only
   when the page showed it ("Change delegate"); the replacement is audited;
 - `POST /ui/delegation/end` — end my delegation.
@@ -13,17 +14,19 @@ Every POST checks the session's CSRF token; every change is audited (`delegation
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta, tzinfo
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 
 from ..delegation import (
     DelegationError,
+    day_start,
     delegate_audited,
     get_delegation,
     list_delegations,
     undelegate_audited,
+    zone_of,
 )
 from ..store.reads import read
 from . import inbox
@@ -57,9 +60,14 @@ async def _render(
         (p.id, p.name) for p in sorted(directory.people.values(), key=lambda p: p.name)
         if p.id != viewer.id
     ]  # fmt: skip
+    zone = zone_of(directory, viewer.id)
+    mine = mine if mine is not None and mine.until > now else None
+    local_until = (
+        f"{mine.until.astimezone(zone):%Y-%m-%d %H:%M}" if mine and zone is not UTC else None
+    )
     return inbox._page(
         request, "delegation.html", viewer, status=status, nav="delegation",
-        mine=mine if mine is not None and mine.until > now else None,
+        mine=mine, zone=str(zone), local_until=local_until,
         for_me=[d for d in current if d.delegate == viewer.id],
         people=people, name=directory.display_name, error=error, notice=notice,
         form=form or {},
@@ -81,15 +89,15 @@ async def set_delegate(request: Request) -> Response:
         return checked
     viewer, form = checked
     delegate = form.get("delegate", "")[: inbox.MAX_PERSON_ID]
-    until = _parse_date(form.get("until", ""))
+    gateway = inbox._gateway(request)
+    now = gateway.clock()
+    directory = gateway.policy.directory
+    until = _parse_date(form.get("until", ""), zone_of(directory, viewer.id))
     if until is None:
         return await _render(
             request, viewer, status=400, form=form,
             error="Give your last day away, as YYYY-MM-DD.",
         )  # fmt: skip
-    gateway = inbox._gateway(request)
-    now = gateway.clock()
-    directory = gateway.policy.directory
     try:
         await gateway.writer.run(
             lambda tx: delegate_audited(
@@ -125,12 +133,12 @@ async def end_delegation(request: Request) -> Response:
     return RedirectResponse("/ui/delegation?done=ended", status_code=303)
 
 
-def _parse_date(value: str) -> datetime | None:
+def _parse_date(value: str, zone: tzinfo = UTC) -> datetime | None:
     """`YYYY-MM-DD` (the browser's date field): the last day away, covered whole: the
-    delegation ends at 00:00 UTC the day after."""
+    delegation ends at 00:00 the day after in `zone` (the approver's), as a UTC time."""
     try:
         day = date.fromisoformat(value.strip()[:10])
-        return datetime.combine(day + timedelta(days=1), time(0), tzinfo=UTC)
+        return day_start(day + timedelta(days=1), zone)
     except (ValueError, OverflowError):
         return None
 
