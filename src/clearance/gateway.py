@@ -186,7 +186,12 @@ class Gateway:
     ) -> CheckResult:
         """Evaluate `request`; audit it; create the approval when the policy says approve."""
         agent = agent or request.actor.get("agent")
-        bind = binding_hash(request.action, request.params, request.actor)
+        # The hash binding an approval to this exact call: only an idempotency key and an
+        # approve decision (its controls, its approval) use it; an allow, deny or block does
+        # not pay for it (a canonical JSON encoding and a SHA-256 of the call, each check).
+        bind = (
+            binding_hash(request.action, request.params, request.actor) if idempotency_key else ""
+        )
         if idempotency_key:
             existing = await self._by_idempotency_key(idempotency_key, bind)
             if existing is not None:
@@ -200,6 +205,8 @@ class Gateway:
             request = request.with_risk(assessment.risk)
             journal = risk.journal_entry(assessment)
         decision = self.engine.evaluate(request)
+        if not bind and decision.effect is Effect.APPROVE:
+            bind = binding_hash(request.action, request.params, request.actor)
         shown = redact(request.params, decision.redact) if decision.redact else request.params
         phash = params_hash(shown)
         entry = AuditDraft(
