@@ -51,6 +51,7 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    or_,
     select,
     text,
     update,
@@ -415,13 +416,15 @@ def audit_data(approval: Approval) -> dict[str, object]:
 
 def load(conn: Connection, people: Iterable[str]) -> dict[str, int]:
     """How many pending requests wait on each person through a pick (their current stage,
-    and they have not voted). A pick is recorded against the person the request is routed to:
-    the delegate in force for a picked person who is away."""
+    and the seat is not filled: neither they nor the approver they stand in for has voted).
+    A pick is recorded against the person the request is routed to: the delegate in force for
+    a picked person who is away (who may still vote in their own seat)."""
     wanted = list(dict.fromkeys(people))
+    picks = routing_picks.c
     voted = exists().where(
         and_(
-            votes.c.approval_id == routing_picks.c.approval_id,
-            votes.c.person == routing_picks.c.person,
+            votes.c.approval_id == picks.approval_id,
+            or_(votes.c.person == picks.person, votes.c.person == picks.seat),
         )
     )
     query = (
@@ -478,11 +481,20 @@ def _pick(conn: Connection, a: Approval, now: datetime) -> ResolvedPlan:
         trial[i] = narrowed
         if feasible(dataclasses.replace(a.plan, stages=tuple(trial)), a.requester) is None:
             stages[i] = narrowed
+            seats: dict[str, str] = {}  # whom each pick reaches → the first seat it fills
+            for q in picked:
+                seats.setdefault(routed[q], q)
             conn.execute(
                 insert(routing_picks),
                 [
-                    {"approval_id": a.id, "stage_index": i, "person": p, "picked_at": now}
-                    for p in dict.fromkeys(routed[q] for q in picked)
+                    {
+                        "approval_id": a.id,
+                        "stage_index": i,
+                        "person": p,
+                        "seat": seat,
+                        "picked_at": now,
+                    }
+                    for p, seat in seats.items()
                 ],
             )
     return dataclasses.replace(a.plan, stages=tuple(stages))

@@ -224,6 +224,25 @@ async def test_least_loaded_does_not_give_a_delegate_two_seats(gw: Gateway) -> N
     assert set(a.open_voters()) == {"ben", "cat"}
 
 
+async def test_an_approver_voting_in_their_own_seat_takes_the_load_off_their_delegate(
+    gw: Gateway,
+) -> None:
+    """2 of 5 with ann → ben: the request picks ann (reaching ben) and cat. ann, back early,
+    approves herself: her seat is filled, so the request no longer waits on ben and no longer
+    counts in his load (it did when only ben's own vote counted); cat's seat still waits."""
+    away_for_a_week(gw, "ann", "ben")
+    result = await gw.check(Request("drain", {}, {"user": "req"}))
+    assert result.approval is not None
+    approval_id = result.approval.approval.id
+    loads = await read(gw.db, lambda c: load(c, ["ben", "cat"]))
+    assert loads == {"ben": 1, "cat": 1}
+    await gw.approvals.decide(approval_id, person="ann", decision="approve")
+    stored = await gw.approvals.get(approval_id)
+    assert stored is not None and stored.approval.state.value == "pending"
+    loads = await read(gw.db, lambda c: load(c, ["ben", "cat"]))
+    assert loads == {"ben": 0, "cat": 1}
+
+
 async def test_round_robin_is_one_rotation_whichever_rules_matched(
     tmp_path: Path, clock: FrozenClock
 ) -> None:

@@ -375,8 +375,11 @@ routing_picks = Table(
     # Who `pick` paged for which stage of which request (the load `least_loaded` balances).
     Column("approval_id", String(64), primary_key=True),
     Column("stage_index", Integer(), primary_key=True, autoincrement=False),
-    Column("person", String(255), primary_key=True),
+    Column("person", String(255), primary_key=True),  # whom the request reaches
     Column("picked_at", UTCDateTime(), nullable=False),
+    # The approver picked, when `person` stands in for them (else the same, or NULL for a
+    # pick recorded before 0011): their own vote fills the seat too.
+    Column("seat", String(255), nullable=True),
     Index("ix_routing_picks_person", "person"),
 )
 
