@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 from clearance.gateway import Gateway
 from clearance.identity import keys, passwords
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTERPRISE = ROOT / "examples" / "enterprise" / "clearance.yaml"
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 @dataclass
@@ -73,3 +77,33 @@ async def policy_gateway(tmp_path: Path, policy: str, clock: object) -> AsyncIte
         yield gateway
     finally:
         await gateway.aclose()
+
+
+def csrf_of(html: str) -> str:
+    """The CSRF token a web inbox page carries in its forms."""
+    found = CSRF.search(html)
+    assert found, "no CSRF token on the page"
+    return found.group(1)
+
+
+@contextlib.asynccontextmanager
+async def inbox_as(
+    gw: Gateway, person: str, password: str, *, set_password: bool = True
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the web inbox (the app on `gw`, without scheduler or channels), signed in
+    as `person` with `password` (set first unless `set_password` is false)."""
+    from clearance.server.app import create_app
+
+    if set_password:
+        now = gw.clock()
+        await gw.writer.run(lambda tx: passwords.set_password(tx.conn, person, password, now))
+    app = create_app(gw, scheduler=False, channels=False)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        login = await client.get("/ui/login")
+        signed = await client.post(
+            "/ui/login",
+            data={"person": person, "password": password, "csrf_token": csrf_of(login.text)},
+        )
+        assert signed.status_code == 303, signed.text
+        yield client

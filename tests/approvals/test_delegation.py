@@ -32,7 +32,7 @@ from clearance.store.reads import read
 from clearance.testing import FrozenClock, MemoryChannel
 from clearance.testing.outbox import run_outbox
 
-from ..fixtures import policy_gateway
+from ..fixtures import csrf_of, inbox_as, policy_gateway
 from .factories import SOON, approve, away_for_a_week, deny, new, plan, req, run, stage
 
 POLICY = """
@@ -373,21 +373,13 @@ async def test_request_page_shows_delegates_and_routing(gw: Gateway, clock: Froz
     result = await gw.check(Request("pay", {}, {"user": "carol"}))
     assert result.approval is not None
     approval_id = result.approval.approval.id
-    app = create_app(gw, scheduler=False, channels=False)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        login = await client.get("/ui/login")
-        token = CSRF.search(login.text).group(1)  # type: ignore[union-attr]
-        await client.post(
-            "/ui/login",
-            data={"person": "bob", "password": "correct-horse-battery", "csrf_token": token},
-        )
+    async with inbox_as(gw, "bob", "correct-horse-battery", set_password=False) as client:
         inbox = await client.get("/ui")
         assert approval_id in inbox.text  # routed to the delegate's inbox
         page = await client.get(f"/ui/approvals/{approval_id}")
         assert page.status_code == 200
         assert "bob for alice" in page.text
-        csrf = CSRF.search(page.text).group(1)  # type: ignore[union-attr]
+        csrf = csrf_of(page.text)
         voted = await client.post(
             f"/ui/approvals/{approval_id}/decide",
             data={"decision": "approve", "comment": "", "csrf_token": csrf},

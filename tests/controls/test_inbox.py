@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,13 +14,12 @@ from clearance import override as ovr
 from clearance.audit.writer import WriteTx
 from clearance.gateway import Gateway
 from clearance.identity import passwords
-from clearance.server.app import create_app
 from clearance.testing import FrozenClock
 
+from ..fixtures import csrf_of, inbox_as
 from .helpers import open_gateway, pay
 
 PASSWORD = "correct-horse-battery"
-CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 @pytest.fixture
@@ -39,22 +37,8 @@ async def gw(tmp_path: Path) -> AsyncIterator[Gateway]:
 
 @contextlib.asynccontextmanager
 async def signed_in(gw: Gateway, person: str) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(gw, scheduler=False, channels=False)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        page = await client.get("/ui/login")
-        token = _csrf(page.text)
-        done = await client.post(
-            "/ui/login", data={"person": person, "password": PASSWORD, "csrf_token": token}
-        )
-        assert done.status_code == 303
+    async with inbox_as(gw, person, PASSWORD, set_password=False) as client:
         yield client
-
-
-def _csrf(html: str) -> str:
-    found = CSRF.search(html)
-    assert found, "no CSRF token on the page"
-    return found.group(1)
 
 
 async def test_approve_always_from_the_inbox_and_revoke(gw: Gateway) -> None:
@@ -68,7 +52,7 @@ async def test_approve_always_from_the_inbox_and_revoke(gw: Gateway) -> None:
         assert "Approve always" in page.text and "params.payee_id = acme" in page.text
         done = await client.post(
             f"/ui/approvals/{approval_id}/decide",
-            data={"csrf_token": _csrf(page.text), "decision": "always", "comment": "ok"},
+            data={"csrf_token": csrf_of(page.text), "decision": "always", "comment": "ok"},
         )
         assert done.status_code == 303
         made = await grants.list_grants(gw.db, now=gw.clock())
@@ -77,7 +61,7 @@ async def test_approve_always_from_the_inbox_and_revoke(gw: Gateway) -> None:
         assert made[0].id in listing.text
         revoked = await client.post(
             f"/ui/grants/{made[0].id}/revoke",
-            data={"csrf_token": _csrf(listing.text), "reason": "no longer needed"},
+            data={"csrf_token": csrf_of(listing.text), "reason": "no longer needed"},
         )
         assert revoked.status_code == 303
         assert await grants.list_grants(gw.db, now=gw.clock(), live_only=True) == []
@@ -101,7 +85,7 @@ async def test_break_glass_and_review_in_the_inbox(gw: Gateway) -> None:
     async with signed_in(gw, "frank") as client:
         page = await client.get("/ui/overrides")
         assert "Override now" in page.text
-        token = _csrf(page.text)
+        token = csrf_of(page.text)
         missing = await client.post(
             "/ui/overrides", data={"csrf_token": token, "approval_id": approval_id}
         )
@@ -126,7 +110,7 @@ async def test_break_glass_and_review_in_the_inbox(gw: Gateway) -> None:
         assert f"/ui/overrides/{record.id}/review" in page.text
         done = await client.post(
             f"/ui/overrides/{record.id}/review",
-            data={"csrf_token": _csrf(page.text), "verdict": "justified", "comment": ""},
+            data={"csrf_token": csrf_of(page.text), "verdict": "justified", "comment": ""},
         )
         assert done.status_code == 303
     [reviewed] = await ovr.list_overrides(gw.db)

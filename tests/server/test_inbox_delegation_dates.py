@@ -14,15 +14,12 @@ import httpx
 import pytest
 
 from clearance.audit.export import iter_entries
-from clearance.audit.writer import WriteTx
 from clearance.delegation import get_delegation
 from clearance.gateway import Gateway
-from clearance.identity import passwords
-from clearance.server.app import create_app
 from clearance.store.reads import read
 from clearance.testing import FrozenClock
 
-from ..fixtures import policy_gateway
+from ..fixtures import csrf_of, inbox_as, policy_gateway
 
 POLICY = """
 version: 1
@@ -45,32 +42,16 @@ async def gw(tmp_path: Path, clock: FrozenClock) -> AsyncIterator[Gateway]:
 
 
 @contextlib.asynccontextmanager
-async def signed_in(
-    gw: Gateway, clock: FrozenClock, person: str
-) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
-    """A client signed in as `person`, and the page's CSRF token."""
-
-    def give(tx: WriteTx) -> None:
-        passwords.set_password(tx.conn, person, "correct-horse-battery", clock())
-
-    await gw.writer.run(give)
-    app = create_app(gw, scheduler=False, channels=False)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        login = await client.get("/ui/login")
-        token = CSRF.search(login.text).group(1)  # type: ignore[union-attr]
-        signed = await client.post(
-            "/ui/login",
-            data={"person": person, "password": "correct-horse-battery", "csrf_token": token},
-        )
-        assert signed.status_code == 303
+async def signed_in(gw: Gateway, person: str) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
+    """A client signed in as `person`, and the delegation page's CSRF token."""
+    async with inbox_as(gw, person, "correct-horse-battery") as client:
         page = await client.get("/ui/delegation")
-        yield client, CSRF.search(page.text).group(1)  # type: ignore[union-attr]
+        yield client, csrf_of(page.text)
 
 
 @pytest.fixture
-async def alice(gw: Gateway, clock: FrozenClock) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
-    async with signed_in(gw, clock, "alice") as signed:
+async def alice(gw: Gateway) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
+    async with signed_in(gw, "alice") as signed:
         yield signed
 
 
@@ -153,7 +134,7 @@ async def test_the_last_day_is_a_day_of_the_approvers_own_time_zone(
     (15:00 UTC on the 30th), and the page says so in his time as well as in UTC."""
     async with (
         policy_gateway(tmp_path, ZONED, clock) as gw,
-        signed_in(gw, clock, "kenji") as (client, csrf),
+        signed_in(gw, "kenji") as (client, csrf),
     ):
         page = await client.get("/ui/delegation")
         assert "to the end of this day (Asia/Tokyo)" in page.text
