@@ -86,6 +86,17 @@ def _prepare(database_url: str) -> str:
         gateway.db.dispose()
 
 
+def give_password(server: LiveServer, person: str) -> None:
+    """Give `person` the test password, in the running server's database."""
+    gateway = Gateway.open(ENTERPRISE, database_url=server.database_url)
+    now = datetime.now(UTC)
+    try:
+        gateway.writer.run_sync(lambda tx: passwords.set_password(tx.conn, person, PASSWORD, now))
+    finally:
+        gateway.writer.close()
+        gateway.db.dispose()
+
+
 def _start(database_url: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     """Start the server and wait for /healthz. A port taken between choosing it and binding
     it (other test runs share the machine) makes the child exit: try again on another."""
