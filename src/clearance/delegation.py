@@ -29,7 +29,7 @@ locked while it moves so several servers share one rotation, and each person's l
 `least_loaded` pages those whose requests would reach someone (the person, or their delegate
 in force) with the fewest pending requests waiting on them through a pick; picks are recorded
 against the person the request is routed to, one pick at a time across servers (so that two
-made at once do not count the same loads). The rest of the group is kept as the
+made at once do not count the same loads; see `_ROUTING_LOCK`). The rest of the group is kept as the
 requirement's `reserve` and joins at `escalate_after`. A pick that would make the plan
 impossible (one person counts once across stages) is not applied.
 """
@@ -68,11 +68,13 @@ from .policy.model import Pick, ResolvedPlan, ResolvedRequirement
 from .store.schema import approvals, delegations, routing_cursors, routing_picks, votes
 
 MAX_CHAIN = 8
-#: PostgreSQL advisory lock held while a delegation is set (any constant shared by every
-#: instance): "DLGT".
-_DELEGATION_LOCK = 0x444C4754
-#: … and while a `least_loaded` pick counts the loads and records itself: "LOAD".
-_LOAD_LOCK = 0x4C4F4144
+#: The PostgreSQL advisory lock (any constant shared by every instance: "RTNG") taken, until
+#: the transaction ends, by whatever changes routing state: a delegation set or ended, a
+#: `pick`. One lock, always first (`_lock_routing`), so that two servers cannot deadlock
+#: over the rows under it (two rotations' cursors taken in opposite orders) and cannot decide
+#: from what the other has not committed (a loop closed from both ends, the same load
+#: counted twice). SQLite needs none: the writer's BEGIN IMMEDIATE serialises every write.
+_ROUTING_LOCK = 0x52544E47
 
 
 class DelegationError(ValueError):
@@ -123,6 +125,12 @@ def zone_of(directory: Directory, person: str) -> tzinfo:
         return UTC
 
 
+def _lock_routing(conn: Connection) -> None:
+    """Take the routing lock (see `_ROUTING_LOCK`) on PostgreSQL; held until commit."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ROUTING_LOCK})
+
+
 def day_start(day: date, zone: tzinfo) -> datetime:
     """00:00 of `day` in `zone`, as a UTC time."""
     return datetime.combine(day, time(0), tzinfo=zone).astimezone(UTC)
@@ -157,11 +165,9 @@ def set_delegation(
         )
     if until <= start:
         raise DelegationError("empty_period", "the delegation ends before it starts")
-    if conn.dialect.name == "postgresql":
-        # One delegation change at a time across servers: two made at once (a→b here, b→a on
-        # another instance) would each find no loop in what the other had not committed yet.
-        # (SQLite: the writer's BEGIN IMMEDIATE already serialises every write.)
-        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _DELEGATION_LOCK})
+    # One change at a time across servers: two made at once (a→b here, b→a on another
+    # instance) would each find no loop in what the other had not committed yet.
+    _lock_routing(conn)
     existing = get_delegation(conn, delegator)
     if existing is not None and existing.until > now and not replace:
         raise DelegationError(
@@ -223,6 +229,7 @@ def clear_delegation(
 ) -> Delegation | None:
     """End `delegator`'s delegation; returns it, or None when there was none. With `now`, one
     already over counts as none (it is left as it is, for `users delegates --all`)."""
+    _lock_routing(conn)
     found = get_delegation(conn, delegator)
     if found is None or (now is not None and found.until <= now):
         return None
@@ -455,16 +462,15 @@ def _pick(conn: Connection, a: Approval, now: datetime) -> ResolvedPlan:
         pool = tuple(p for p in dict.fromkeys(req.approvers) if p != a.requester)
         if len(pool) <= req.required:
             continue
+        # One pick at a time across servers, until this transaction commits: else two
+        # least_loaded picks at once count the same loads and page the same person, and two
+        # rotations' cursors taken in opposite orders deadlock.
+        _lock_routing(conn)
         routed = _routed(conn, now, pool, a.requester)
         if routing.pick is Pick.ROUND_ROBIN:
             rotation = stage.name  # not the rules that matched: they vary by request
             chosen = _round_robin(conn, rotation, pool, req.required, now)
         else:
-            if conn.dialect.name == "postgresql":
-                # One least_loaded pick at a time across servers, until this transaction
-                # commits its picks: else two at once count the same loads and page the same
-                # person (round_robin has its cursor row for that). SQLite: BEGIN IMMEDIATE.
-                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOAD_LOCK})
             loads = load(conn, routed.values())
             ranked = sorted(pool, key=lambda p: (loads[routed[p]], pool.index(p)))
             chosen = _distinct_seats(ranked, routed, req.required)

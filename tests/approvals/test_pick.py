@@ -272,69 +272,107 @@ async def test_round_robin_is_one_rotation_whichever_rules_matched(
         await gateway.aclose()
 
 
-def test_two_servers_share_least_loaded(pg_migrated_url: str) -> None:
-    """Two instances on one PostgreSQL creating requests at the same moment: without a lock
-    each would count the same loads and page the same person. The second waits for the first
-    to commit (the lock round_robin's cursor row gives its rotation), sees the first's pick
-    and pages someone else."""
-    import threading
-    import time
-
+def _routed_approver_sets(conn: Any, approval_id: str, pick: Any, stage_name: str) -> Any:
+    """Route a new one-stage request (`pick` over ann, ben and cat, one needed) in `conn`'s
+    transaction and store it: whom it pages."""
     from clearance.approvals import open_approval
     from clearance.approvals.records import StoredApproval, insert_approval
     from clearance.canonical import binding_hash
     from clearance.delegation import route
-    from clearance.policy.model import (
-        Pick,
-        ResolvedPlan,
-        ResolvedRequirement,
-        ResolvedStage,
-        Routing,
-    )
-    from clearance.store.database import open_database
+    from clearance.policy.model import ResolvedPlan, ResolvedRequirement, ResolvedStage, Routing
 
     from .factories import NOW
 
     stage = ResolvedStage(
-        "ops",
-        (ResolvedRequirement(("ann", "ben", "cat"), 1),),
-        routing=Routing(pick=Pick.LEAST_LOADED),
+        stage_name, (ResolvedRequirement(("ann", "ben", "cat"), 1),), routing=Routing(pick=pick)
     )
-
-    def stored(n: int) -> StoredApproval:
-        actor = {"user": "req"}
-        return StoredApproval(
-            open_approval(
-                approval_id=f"apr_ll{n}",
-                action="restart",
-                params={},
-                binding_hash=binding_hash("restart", {}, actor),
-                actor=actor,
-                plan=ResolvedPlan(stages=(stage,), timeout_s=3600),
-                now=NOW,
-            )
+    actor = {"user": "req"}
+    stored = StoredApproval(
+        open_approval(
+            approval_id=approval_id,
+            action="restart",
+            params={},
+            binding_hash=binding_hash("restart", {}, actor),
+            actor=actor,
+            plan=ResolvedPlan(stages=(stage,), timeout_s=3600),
+            now=NOW,
         )
+    )
+    routed = route(conn, stored, NOW)
+    insert_approval(conn, routed)
+    return routed.approval.plan.stages[0].requirements[0].approvers
 
-    def create(db: Any, n: int) -> tuple[str, ...]:
-        with db.begin() as conn:
-            routed = route(conn, stored(n), NOW)
-            insert_approval(conn, routed)
-        return routed.approval.plan.stages[0].requirements[0].approvers
+
+def test_two_servers_share_least_loaded(pg_migrated_url: str) -> None:
+    """Two instances on one PostgreSQL creating requests at the same moment: without a lock
+    each would count the same loads and page the same person. The second waits for the first
+    to commit (the routing lock), sees the first's pick and pages someone else."""
+    import threading
+    import time
+
+    from clearance.policy.model import Pick
+    from clearance.store.database import open_database
 
     first_db, second_db = open_database(pg_migrated_url), open_database(pg_migrated_url)
     second: list[tuple[str, ...]] = []
+
+    def other() -> None:
+        with second_db.begin() as conn:
+            second.append(_routed_approver_sets(conn, "apr_ll2", Pick.LEAST_LOADED, "ops"))
+
     try:
         with first_db.begin() as conn:
-            routed = route(conn, stored(1), NOW)
-            insert_approval(conn, routed)
-            first = routed.approval.plan.stages[0].requirements[0].approvers
-            worker = threading.Thread(target=lambda: second.append(create(second_db, 2)))
+            first = _routed_approver_sets(conn, "apr_ll1", Pick.LEAST_LOADED, "ops")
+            worker = threading.Thread(target=other)
             worker.start()
             time.sleep(0.5)  # the other instance counts the loads while this one is open
         worker.join(timeout=30)
         assert not worker.is_alive()
         assert first == ("ann",)
         assert second == [("ben",)]
+    finally:
+        first_db.dispose()
+        second_db.dispose()
+
+
+def test_two_servers_moving_two_rotations_in_opposite_orders_do_not_deadlock(
+    pg_migrated_url: str,
+) -> None:
+    """One instance's transaction moves rotation X then Y, another's Y then X, at once. Each
+    rotation's cursor row is locked while it moves: without one lock taken first by every
+    pick, each would hold one cursor and wait for the other's (PostgreSQL then aborts one
+    with "deadlock detected"). Both commit, and each rotation pages ann then ben."""
+    import threading
+    import time
+
+    from clearance.policy.model import Pick
+    from clearance.store.database import open_database
+
+    first_db, second_db = open_database(pg_migrated_url), open_database(pg_migrated_url)
+    pages: dict[str, list[tuple[str, ...]]] = {"x": [], "y": []}
+    failed: list[BaseException] = []
+
+    def other() -> None:
+        try:
+            with second_db.begin() as conn:
+                pages["y"].append(_routed_approver_sets(conn, "apr_y1", Pick.ROUND_ROBIN, "y"))
+                time.sleep(0.5)  # the first instance now wants y's cursor
+                pages["x"].append(_routed_approver_sets(conn, "apr_x2", Pick.ROUND_ROBIN, "x"))
+        except BaseException as exc:
+            failed.append(exc)
+
+    try:
+        with first_db.begin() as conn:
+            pages["x"].append(_routed_approver_sets(conn, "apr_x1", Pick.ROUND_ROBIN, "x"))
+            worker = threading.Thread(target=other)
+            worker.start()
+            time.sleep(0.25)  # the other instance has started on y
+            pages["y"].append(_routed_approver_sets(conn, "apr_y2", Pick.ROUND_ROBIN, "y"))
+        worker.join(timeout=30)
+        assert not worker.is_alive()
+        assert failed == []
+        assert sorted(pages["x"]) == [("ann",), ("ben",)]
+        assert sorted(pages["y"]) == [("ann",), ("ben",)]
     finally:
         first_db.dispose()
         second_db.dispose()
