@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,22 @@ from .conftest import PASSWORD, LiveServer, give_password
 
 TRANSFER = {"amount": 2000, "destination_country": "US"}
 ACTOR = {"user": "carol", "agent": "billing-bot"}
+
+
+@contextlib.asynccontextmanager
+async def waiting_agent(server: LiveServer) -> AsyncIterator[asyncio.Task[Any]]:
+    """billing-bot asking for a $2,000 transfer for carol and waiting in `require_approval`
+    (the task); cancelled if still waiting when the test ends."""
+    gate = RemoteGate(server.url, server.agent_token)
+    agent = asyncio.create_task(
+        gate.require_approval("payments.transfer", TRANSFER, actor=ACTOR, timeout=90)
+    )
+    try:
+        yield agent
+    finally:
+        if not agent.done():
+            agent.cancel()
+        await gate.aclose()
 
 
 async def pending_approval(server: LiveServer, timeout: float = 15.0) -> str:
@@ -38,11 +56,7 @@ async def test_alice_approves_a_waiting_agent_call_from_the_inbox(
     """An agent blocked in require_approval returns approved once alice approves in Chromium."""
     from playwright.async_api import expect
 
-    gate = RemoteGate(live_server.url, live_server.agent_token)
-    agent = asyncio.create_task(
-        gate.require_approval("payments.transfer", TRANSFER, actor=ACTOR, timeout=90)
-    )
-    try:
+    async with waiting_agent(live_server) as agent:
         approval_id = await pending_approval(live_server)
         assert not agent.done()  # the agent is waiting for a person
 
@@ -72,10 +86,6 @@ async def test_alice_approves_a_waiting_agent_call_from_the_inbox(
         approval = await asyncio.wait_for(agent, timeout=30)
         assert approval.effect == "approve" and approval.id == approval_id
         assert "alice" in approval.approvers
-    finally:
-        if not agent.done():
-            agent.cancel()
-        await gate.aclose()
 
 
 async def sign_in(page: Any, url: str, person: str) -> None:
@@ -112,11 +122,7 @@ async def test_alice_names_a_delegate_in_the_inbox_and_dana_decides_for_her(
     await expect(alice.locator("#current-delegate")).to_contain_text("Your delegate is Dana Kim")
     await alice.screenshot(path=str(tmp_path / "delegation.png"), full_page=True)
 
-    gate = RemoteGate(live_server.url, live_server.agent_token)
-    agent = asyncio.create_task(
-        gate.require_approval("payments.transfer", TRANSFER, actor=ACTOR, timeout=90)
-    )
-    try:
+    async with waiting_agent(live_server) as agent:
         approval_id = await pending_approval(live_server)
         dana = await (await browser.new_context()).new_page()
         await sign_in(dana, live_server.url, "dana")
@@ -134,7 +140,3 @@ async def test_alice_names_a_delegate_in_the_inbox_and_dana_decides_for_her(
         approval = await asyncio.wait_for(agent, timeout=30)
         assert approval.effect == "approve" and approval.id == approval_id
         assert "dana" in approval.approvers
-    finally:
-        if not agent.done():
-            agent.cancel()
-        await gate.aclose()
