@@ -319,6 +319,10 @@ def delegate_audited(
     """`set_delegation` and its audit entry (`delegation.set`), in one transaction. A
     delegation not yet over is replaced only with `replace`; the replaced one is audited as
     `delegation.cleared` (with `replaced_by`) and the new entry names it (`replaces`)."""
+    # Locked before reading what is replaced, so that the audit names the delegation this
+    # change ends, not one another server replaced meanwhile (`set_delegation` locks again:
+    # the lock is held once per transaction).
+    _lock_routing(tx.conn)
     before = get_delegation(tx.conn, delegator)
     made = set_delegation(
         tx.conn,

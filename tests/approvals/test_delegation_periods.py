@@ -180,3 +180,52 @@ def test_two_servers_cannot_close_a_loop_at_once(pg_migrated_url: str) -> None:
     finally:
         first_db.dispose()
         second_db.dispose()
+
+
+def test_two_servers_replacing_one_delegation_audit_what_each_replaced(
+    pg_migrated_url: str,
+) -> None:
+    """mike → zed; one instance replaces it with erin while another replaces it with carol.
+    The second waits for the first, so its audit says it replaced erin's (the delegation it
+    really ended), not zed's, which the first had already replaced and audited."""
+    import threading
+
+    from clearance.store.database import open_database
+
+    first_db, second_db = open_database(pg_migrated_url), open_database(pg_migrated_url)
+    first, second = AuditWriter(first_db, "one"), AuditWriter(second_db, "two")
+    opened = threading.Event()
+
+    def name(delegate: str, hold: bool = False):  # type: ignore[no-untyped-def]
+        def work(tx):  # type: ignore[no-untyped-def]
+            made = delegate_audited(
+                tx, DIRECTORY, delegator="mike", delegate=delegate, until=NOW + 30 * DAY,
+                now=NOW, by="ops", channel="cli", replace=True,
+            )  # fmt: skip
+            if hold:  # the other instance starts while this transaction is open
+                opened.set()
+                threading.Event().wait(0.5)
+            return made
+
+        return work
+
+    try:
+        first.run_sync(name("zed"))
+        other = threading.Thread(target=lambda: (opened.wait(10), second.run_sync(name("carol"))))
+        other.start()
+        first.run_sync(name("erin", hold=True))
+        other.join(timeout=30)
+        assert not other.is_alive()
+        sets = [
+            (e.chain_id, e.approver, (e.data.get("replaces") or {}).get("delegate"))
+            for e in iter_entries(first_db)
+            if e.kind == "delegation.set"
+        ]
+        assert sorted(sets, key=str) == sorted(
+            [("one", "zed", None), ("one", "erin", "zed"), ("two", "carol", "erin")], key=str
+        )
+    finally:
+        first.close()
+        second.close()
+        first_db.dispose()
+        second_db.dispose()
