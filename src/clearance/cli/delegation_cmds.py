@@ -7,7 +7,7 @@ of delegation are in `clearance.delegation`; every change is audited.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, date, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -24,18 +24,16 @@ if TYPE_CHECKING:
 
 
 def parse_when(value: str, option: str, zone: tzinfo = UTC) -> datetime:
-    """`YYYY-MM-DD` (00:00 that day in `zone`: for --until, the day they are back) or an ISO
-    date-time (in `zone` when it names none), as a UTC time."""
-    try:
-        if len(value) == 10:
-            from ..delegation import day_start
+    """`YYYY-MM-DD` (00:00 that day: for --until, the day they are back) or an ISO date-time,
+    in `zone` when it names none (`server.timeparse.parse_when`), as a UTC time; a value that
+    is neither fails the command."""
+    from ..server.timeparse import parse_when as parse
 
-            return day_start(date.fromisoformat(value), zone)
-        parsed = datetime.fromisoformat(value)
+    try:
+        return parse(value, zone)
     except ValueError:
         day = _example_day()
         fail(f"{option} {value!r} is not a date", hint=f"write {day} or {day}T17:00Z")
-    return (parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=zone)).astimezone(UTC)
 
 
 def _example_day() -> str:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 
 from .errors import HTTPProblem
 
 
-def parse_when(value: str) -> datetime:
+def parse_when(value: str, zone: tzinfo = UTC) -> datetime:
     """`2026-11-24`, `2026-11-24T14:02`, `2026-11-24T14:02:00+01:00` → an aware UTC datetime.
+    A value without a zone (a date means its 00:00) is read in `zone`.
 
     Raises ValueError with a plain message.
     """
@@ -20,7 +21,7 @@ def parse_when(value: str) -> datetime:
             f"{value!r} is not a date or time; write e.g. 2026-11-24 or 2026-11-24T14:00:00Z"
         ) from None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
+        parsed = parsed.replace(tzinfo=zone)
     return parsed.astimezone(UTC)
 
 
