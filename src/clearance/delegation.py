@@ -29,8 +29,8 @@ locked while it moves so several servers share one rotation, and each person's l
 `least_loaded` pages those whose requests would reach someone (the person, or their delegate
 in force) with the fewest pending requests waiting on them through a pick; picks are recorded
 against the person the request is routed to, one pick at a time across servers (so that two
-made at once do not count the same loads; see `_ROUTING_LOCK`). The rest of the group is kept as the
-requirement's `reserve` and joins at `escalate_after`. A pick that would make the plan
+made at once do not count the same loads; see `_ROUTING_LOCK`). The rest of the group is kept
+as the requirement's `reserve` and joins at `escalate_after`. A pick that would make the plan
 impossible (one person counts once across stages) is not applied.
 """
 
@@ -161,7 +161,8 @@ def set_delegation(
     start = starts_at or now
     if until <= now:
         raise DelegationError(
-            "until_in_past", f"the end, {_when(until)}, is not in the future; pick a later date"
+            "until_in_past",
+            f"the end, {clock_text(until)}, is not in the future; pick a later date",
         )
     if until <= start:
         raise DelegationError("empty_period", "the delegation ends before it starts")
@@ -217,7 +218,7 @@ def _refuse_loops(
             cursor = current[cursor]
             if cursor == delegator:
                 chain = " → ".join([*seen, delegator])
-                when = f" from {_when(t)}" if t > now else ""
+                when = f" from {clock_text(t)}" if t > now else ""
                 raise DelegationError(
                     "delegation_loop",
                     f"this would make a loop ({chain}){when}; end {seen[1]}'s delegation first",
@@ -592,14 +593,17 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def _when(at: datetime) -> str:
-    return f"{at.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+def clock_text(at: datetime, zone: tzinfo = UTC, *, named: bool = True) -> str:
+    """`at` in `zone`, to the minute, followed by the zone's name unless not `named`:
+    `2026-12-01 00:00 UTC`, `2026-12-01 09:00 Asia/Tokyo`."""
+    text = f"{at.astimezone(zone):%Y-%m-%d %H:%M}"
+    return f"{text} {zone}" if named else text
 
 
 def _period(d: Delegation, now: datetime) -> str:
     if d.starts_at > now:
-        return f"from {_when(d.starts_at)} until {_when(d.until)}"
-    return f"until {_when(d.until)}"
+        return f"from {clock_text(d.starts_at)} until {clock_text(d.until)}"
+    return f"until {clock_text(d.until)}"
 
 
 def _delegation(row: RowMapping) -> Delegation:

@@ -70,7 +70,13 @@ def delegate(
 ) -> None:
     """Route PERSON's requests to a delegate until a date. A person has one delegation at a
     time: one not yet over is refused unless --replace (the replacement is audited)."""
-    from ..delegation import DelegationError, delegate_audited, get_delegation, zone_of
+    from ..delegation import (
+        DelegationError,
+        clock_text,
+        delegate_audited,
+        get_delegation,
+        zone_of,
+    )
 
     parse_when(until, "--until")  # a typo is reported before anything is opened
     if start:
@@ -106,15 +112,17 @@ def delegate(
             fail(f"--until {until} is not in the future", hint=_hint(exc.code, person))
         fail(exc.message, hint=_hint(exc.code, person))
     _close(gateway)
-    local = "" if zone is UTC else f" ({_at(made.starts_at, zone)} to {_at(made.until, zone)})"
+    local = ""
+    if zone is not UTC:  # the same period on the away person's own clock
+        local = f" ({clock_text(made.starts_at, zone)} to {clock_text(made.until, zone)})"
     console.print(
-        f"{made.delegate} decides for {made.delegator} from {_at(made.starts_at)} "
-        f"until {_at(made.until)}{local}"
+        f"{made.delegate} decides for {made.delegator} from {clock_text(made.starts_at)} "
+        f"until {clock_text(made.until)}{local}"
     )
     if replaced is not None:
         console.print(
             f"(replaces {replaced.delegate}, who was to decide for {person} until "
-            f"{_at(replaced.until)})"
+            f"{clock_text(replaced.until)})"
         )
 
 
@@ -161,7 +169,7 @@ def delegates(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """List delegations (current and upcoming; --all for ended ones too)."""
-    from ..delegation import list_delegations
+    from ..delegation import clock_text, list_delegations
     from ..store.reads import read
 
     async def work(gateway: Gateway) -> list[Delegation]:
@@ -180,17 +188,11 @@ def delegates(
         table.add_row(
             d.delegator,
             d.delegate,
-            _at(d.starts_at, zone_name=False),
-            _at(d.until, zone_name=False),
+            clock_text(d.starts_at, named=False),
+            clock_text(d.until, named=False),
             d.created_by or "",
         )
     console.print(table)
-
-
-def _at(when: datetime, zone: tzinfo = UTC, *, zone_name: bool = True) -> str:
-    """`when` in `zone`, to the minute, with the zone's name (UTC, Asia/Tokyo …)."""
-    text = f"{when.astimezone(zone):%Y-%m-%d %H:%M}"
-    return f"{text} {zone}" if zone_name else text
 
 
 def _close(gateway: Gateway) -> None:

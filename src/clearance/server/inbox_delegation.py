@@ -21,6 +21,7 @@ from fastapi.responses import RedirectResponse, Response
 
 from ..delegation import (
     DelegationError,
+    clock_text,
     day_start,
     delegate_audited,
     get_delegation,
@@ -62,9 +63,7 @@ async def _render(
     ]  # fmt: skip
     zone = zone_of(directory, viewer.id)
     mine = mine if mine is not None and mine.until > now else None
-    local_until = (
-        f"{mine.until.astimezone(zone):%Y-%m-%d %H:%M}" if mine and zone is not UTC else None
-    )
+    local_until = clock_text(mine.until, zone, named=False) if mine and zone is not UTC else None
     return inbox._page(
         request, "delegation.html", viewer, status=status, nav="delegation",
         mine=mine, zone=str(zone), local_until=local_until,
