@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import re
 from pathlib import Path
 
 import httpx
@@ -12,23 +11,17 @@ from clearance.audit.writer import WriteTx
 from clearance.identity import passwords
 from clearance.testing import FrozenClock
 
+from ..fixtures import csrf_of
 from .helpers import NEW_RULE, POLICY, Admin, admin_env
 
 PASSWORD = "correct-horse-battery"
-CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
-def csrf(page: str) -> str:
-    found = CSRF.search(page)
-    assert found is not None
-    return found[1]
 
 
 async def sign_in(env: Admin, person: str) -> httpx.AsyncClient:
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=env.app), base_url="http://test")
     form = await client.get("/ui/login")
     done = await client.post(
-        "/ui/login", data={"person": person, "password": PASSWORD, "csrf_token": csrf(form.text)}
+        "/ui/login", data={"person": person, "password": PASSWORD, "csrf_token": csrf_of(form.text)}
     )
     assert done.status_code == 303
     return client
@@ -52,7 +45,7 @@ async def test_propose_in_the_inbox_and_approve_as_another_admin(
         assert page.status_code == 200 and "payments-medium" in page.text
         proposed = await ivan.post(
             "/ui/admin/policy",
-            data={"csrf_token": csrf(page.text), "policy": POLICY + NEW_RULE,
+            data={"csrf_token": csrf_of(page.text), "policy": POLICY + NEW_RULE,
                   "summary": "allow reading reports"},
         )  # fmt: skip
         assert proposed.status_code == 303
@@ -67,7 +60,7 @@ async def test_propose_in_the_inbox_and_approve_as_another_admin(
         theirs = await judy.get(target)
         assert 'value="approve"' in theirs.text
         voted = await judy.post(
-            f"{target}/decide", data={"csrf_token": csrf(theirs.text), "decision": "approve"}
+            f"{target}/decide", data={"csrf_token": csrf_of(theirs.text), "decision": "approve"}
         )
         assert voted.status_code == 303
         await env.settled()
@@ -75,7 +68,7 @@ async def test_propose_in_the_inbox_and_approve_as_another_admin(
 
         broken = await ivan.post(
             "/ui/admin/policy",
-            data={"csrf_token": csrf(page.text), "policy": POLICY + "    - {id: x}\n"},
+            data={"csrf_token": csrf_of(page.text), "policy": POLICY + "    - {id: x}\n"},
         )
         assert broken.status_code == 422
         assert "clearance.yaml:" in html.unescape(broken.text)

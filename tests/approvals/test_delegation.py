@@ -3,7 +3,6 @@ routing to the delegate, the audit ("bob for alice") and the web inbox page."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import timedelta
@@ -307,8 +306,6 @@ async def test_delegate_requester_keeps_the_request_with_the_delegator(gw: Gatew
 
 # -- the web inbox ------------------------------------------------------------------------------
 
-CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
-
 
 async def test_inbox_delegation_page(gw: Gateway, clock: FrozenClock) -> None:
     """An approver names a delegate in the inbox (CSRF-checked, bad dates and loops refused),
@@ -323,7 +320,7 @@ async def test_inbox_delegation_page(gw: Gateway, clock: FrozenClock) -> None:
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         assert (await client.get("/ui/delegation")).status_code == 303  # sign in first
         login = await client.get("/ui/login")
-        token = CSRF.search(login.text).group(1)  # type: ignore[union-attr]
+        token = csrf_of(login.text)
         signed = await client.post(
             "/ui/login",
             data={"person": "alice", "password": "correct-horse-battery", "csrf_token": token},
@@ -331,7 +328,7 @@ async def test_inbox_delegation_page(gw: Gateway, clock: FrozenClock) -> None:
         assert signed.status_code == 303
         page = await client.get("/ui/delegation")
         assert page.status_code == 200 and "You have no delegate." in page.text
-        csrf = CSRF.search(page.text).group(1)  # type: ignore[union-attr]
+        csrf = csrf_of(page.text)
         forged = await client.post(
             "/ui/delegation", data={"delegate": "bob", "until": "2026-12-01"}
         )

@@ -272,9 +272,9 @@ async def test_round_robin_is_one_rotation_whichever_rules_matched(
         await gateway.aclose()
 
 
-def _routed_approver_sets(conn: Any, approval_id: str, pick: Any, stage_name: str) -> Any:
+def _route_new(conn: Any, approval_id: str, pick: Any, stage_name: str) -> Any:
     """Route a new one-stage request (`pick` over ann, ben and cat, one needed) in `conn`'s
-    transaction and store it: whom it pages."""
+    transaction and store it; whom it pages."""
     from clearance.approvals import open_approval
     from clearance.approvals.records import StoredApproval, insert_approval
     from clearance.canonical import binding_hash
@@ -318,11 +318,11 @@ def test_two_servers_share_least_loaded(pg_migrated_url: str) -> None:
 
     def other() -> None:
         with second_db.begin() as conn:
-            second.append(_routed_approver_sets(conn, "apr_ll2", Pick.LEAST_LOADED, "ops"))
+            second.append(_route_new(conn, "apr_ll2", Pick.LEAST_LOADED, "ops"))
 
     try:
         with first_db.begin() as conn:
-            first = _routed_approver_sets(conn, "apr_ll1", Pick.LEAST_LOADED, "ops")
+            first = _route_new(conn, "apr_ll1", Pick.LEAST_LOADED, "ops")
             worker = threading.Thread(target=other)
             worker.start()
             time.sleep(0.5)  # the other instance counts the loads while this one is open
@@ -355,19 +355,19 @@ def test_two_servers_moving_two_rotations_in_opposite_orders_do_not_deadlock(
     def other() -> None:
         try:
             with second_db.begin() as conn:
-                pages["y"].append(_routed_approver_sets(conn, "apr_y1", Pick.ROUND_ROBIN, "y"))
+                pages["y"].append(_route_new(conn, "apr_y1", Pick.ROUND_ROBIN, "y"))
                 time.sleep(0.5)  # the first instance now wants y's cursor
-                pages["x"].append(_routed_approver_sets(conn, "apr_x2", Pick.ROUND_ROBIN, "x"))
+                pages["x"].append(_route_new(conn, "apr_x2", Pick.ROUND_ROBIN, "x"))
         except BaseException as exc:
             failed.append(exc)
 
     try:
         with first_db.begin() as conn:
-            pages["x"].append(_routed_approver_sets(conn, "apr_x1", Pick.ROUND_ROBIN, "x"))
+            pages["x"].append(_route_new(conn, "apr_x1", Pick.ROUND_ROBIN, "x"))
             worker = threading.Thread(target=other)
             worker.start()
             time.sleep(0.25)  # the other instance has started on y
-            pages["y"].append(_routed_approver_sets(conn, "apr_y2", Pick.ROUND_ROBIN, "y"))
+            pages["y"].append(_route_new(conn, "apr_y2", Pick.ROUND_ROBIN, "y"))
         worker.join(timeout=30)
         assert not worker.is_alive()
         assert failed == []

@@ -11,11 +11,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import httpx
 import pytest
@@ -37,6 +37,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 PASSWORD = "correct-horse-battery"
+T = TypeVar("T")
 START_TIMEOUT_S = 30.0
 
 SERVE = (
@@ -70,31 +71,34 @@ class LiveServer:
     log: Path
 
 
-def _prepare(database_url: str) -> str:
-    """Migrate the database, give alice a password and create billing-bot's key."""
+def _write(database_url: str, work: Callable[[WriteTx, datetime], T]) -> T:
+    """Run `work(tx, now)` in one writer unit on the database (migrated first), outside the
+    server process."""
     gateway = Gateway.open(ENTERPRISE, database_url=database_url)
     now = datetime.now(UTC)
-
-    def work(tx: WriteTx) -> str:
-        passwords.set_password(tx.conn, "alice", PASSWORD, now)
-        return keys.create_key(tx.conn, kind="agent", subject="billing-bot", now=now).token
-
     try:
-        return gateway.writer.run_sync(work)
+        return gateway.writer.run_sync(lambda tx: work(tx, now))
     finally:
         gateway.writer.close()
         gateway.db.dispose()
+
+
+def _prepare(database_url: str) -> str:
+    """Migrate the database, give alice a password and create billing-bot's key."""
+
+    def work(tx: WriteTx, now: datetime) -> str:
+        passwords.set_password(tx.conn, "alice", PASSWORD, now)
+        return keys.create_key(tx.conn, kind="agent", subject="billing-bot", now=now).token
+
+    return _write(database_url, work)
 
 
 def give_password(server: LiveServer, person: str) -> None:
     """Give `person` the test password, in the running server's database."""
-    gateway = Gateway.open(ENTERPRISE, database_url=server.database_url)
-    now = datetime.now(UTC)
-    try:
-        gateway.writer.run_sync(lambda tx: passwords.set_password(tx.conn, person, PASSWORD, now))
-    finally:
-        gateway.writer.close()
-        gateway.db.dispose()
+    _write(
+        server.database_url,
+        lambda tx, now: passwords.set_password(tx.conn, person, PASSWORD, now),
+    )
 
 
 def _start(database_url: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:

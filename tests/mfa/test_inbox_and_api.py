@@ -23,10 +23,10 @@ from clearance.store.reads import read
 from clearance.store.schema import audit_entries
 from clearance.testing import FrozenClock
 
+from ..fixtures import csrf_of
 from .helpers import HUGE, POLICY, WIRE, enrol_totp
 
 PASSWORD = "correct-horse-battery"
-CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 SECRET = re.compile(r'<code class="secret">([A-Z2-7]+)</code>')
 
 
@@ -67,18 +67,11 @@ async def env(tmp_path: Path, db_url: str, clock: FrozenClock) -> AsyncIterator[
 
 async def sign_in(client: httpx.AsyncClient, person: str) -> None:
     form = await client.get("/ui/login")
-    token = CSRF.search(form.text)
-    assert token is not None
     done = await client.post(
-        "/ui/login", data={"person": person, "password": PASSWORD, "csrf_token": token[1]}
+        "/ui/login",
+        data={"person": person, "password": PASSWORD, "csrf_token": csrf_of(form.text)},
     )
     assert done.status_code == 303, done.text
-
-
-def csrf(page: str) -> str:
-    found = CSRF.search(page)
-    assert found is not None
-    return found[1]
 
 
 async def audit_codes(gateway: Gateway, kind: str) -> list[Any]:
@@ -127,26 +120,29 @@ async def test_inbox_enrolment_then_vote_with_a_code(env: Env, clock: FrozenCloc
         assert 'name="totp"' not in page.text  # nothing to type a code from yet
 
         security = await client.get("/ui/security")
-        started = await client.post("/ui/security/totp", data={"csrf_token": csrf(security.text)})
+        started = await client.post(
+            "/ui/security/totp", data={"csrf_token": csrf_of(security.text)}
+        )
         assert started.status_code == 200
         assert "<svg" in started.text and "otpauth" not in started.text
         secret = SECRET.search(started.text)
         assert secret is not None
         totp = pyotp.TOTP(secret[1])
         bad = await client.post(
-            "/ui/security/totp/confirm", data={"csrf_token": csrf(started.text), "code": "000000"}
+            "/ui/security/totp/confirm",
+            data={"csrf_token": csrf_of(started.text), "code": "000000"},
         )
         assert bad.status_code == 400
         first = totp.at(clock())
         ok = await client.post(
-            "/ui/security/totp/confirm", data={"csrf_token": csrf(started.text), "code": first}
+            "/ui/security/totp/confirm", data={"csrf_token": csrf_of(started.text), "code": first}
         )
         assert ok.status_code == 303
 
         page = await client.get(f"/ui/approvals/{approval_id}")
         replay = await client.post(
             f"/ui/approvals/{approval_id}/decide",
-            data={"csrf_token": csrf(page.text), "decision": "approve", "totp": first},
+            data={"csrf_token": csrf_of(page.text), "decision": "approve", "totp": first},
         )
         assert replay.status_code == 409
         assert "already used" in html.unescape(replay.text)
@@ -155,7 +151,11 @@ async def test_inbox_enrolment_then_vote_with_a_code(env: Env, clock: FrozenCloc
         assert 'name="totp"' in page.text
         voted = await client.post(
             f"/ui/approvals/{approval_id}/decide",
-            data={"csrf_token": csrf(page.text), "decision": "approve", "totp": totp.at(clock())},
+            data={
+                "csrf_token": csrf_of(page.text),
+                "decision": "approve",
+                "totp": totp.at(clock()),
+            },
         )
         assert voted.status_code == 303, voted.text
     stored = await env.gateway.approvals.get(approval_id)
@@ -182,18 +182,18 @@ async def test_inbox_step_up_makes_the_session_fresh(env: Env, clock: FrozenCloc
         form = await client.get(f"/ui/verify?next={target}")
         code = totp.at(clock())
         verified = await client.post(
-            "/ui/verify", data={"csrf_token": csrf(form.text), "code": code, "next": target}
+            "/ui/verify", data={"csrf_token": csrf_of(form.text), "code": code, "next": target}
         )
         assert verified.status_code == 303 and verified.headers["location"] == target
         again = await client.post(
-            "/ui/verify", data={"csrf_token": csrf(form.text), "code": code, "next": target}
+            "/ui/verify", data={"csrf_token": csrf_of(form.text), "code": code, "next": target}
         )
         assert again.status_code == 400 and "already used" in again.text
         page = await client.get(target)
         assert "Verified in this session" in page.text and 'name="totp"' not in page.text
         clock.advance(seconds=120)
         voted = await client.post(
-            f"{target}/decide", data={"csrf_token": csrf(page.text), "decision": "approve"}
+            f"{target}/decide", data={"csrf_token": csrf_of(page.text), "decision": "approve"}
         )
         assert voted.status_code == 303
     assert (await env.gateway.approvals.get(approval_id)).approval.state.value == "approved"
@@ -212,7 +212,7 @@ async def test_location_is_taken_from_the_trusted_header(env: Env, clock: Frozen
         page = await nowhere.get(url)
         assert "your location: unknown" in page.text
         refused = await nowhere.post(
-            f"{url}/decide", data={"csrf_token": csrf(page.text), "decision": "approve"},
+            f"{url}/decide", data={"csrf_token": csrf_of(page.text), "decision": "approve"},
             headers={"X-Client-Geo": "US"},  # the session itself had no location at sign-in
         )  # fmt: skip
         assert refused.status_code == 409 and "location" in html.unescape(refused.text)
@@ -220,14 +220,14 @@ async def test_location_is_taken_from_the_trusted_header(env: Env, clock: Frozen
         await sign_in(abroad, "bob")
         page = await abroad.get(url)
         refused = await abroad.post(
-            f"{url}/decide", data={"csrf_token": csrf(page.text), "decision": "approve"}
+            f"{url}/decide", data={"csrf_token": csrf_of(page.text), "decision": "approve"}
         )
         assert refused.status_code == 409 and "not FR" in html.unescape(refused.text)
     async with env.client({"X-Client-Geo": "us"}) as home:
         await sign_in(home, "alice")
         page = await home.get(url)
         voted = await home.post(
-            f"{url}/decide", data={"csrf_token": csrf(page.text), "decision": "approve"}
+            f"{url}/decide", data={"csrf_token": csrf_of(page.text), "decision": "approve"}
         )
         assert voted.status_code == 303, voted.text
     stored = await env.gateway.approvals.get(approval_id)
@@ -261,7 +261,7 @@ async def test_adding_a_security_key_needs_a_fresh_factor_first(
     async with env.client() as client:
         await sign_in(client, "dana")
         page = await client.get("/ui/security")
-        token = csrf(page.text)
+        token = csrf_of(page.text)
         options = "/ui/webauthn/register/options"
         assert (await client.post(options)).status_code == 403  # no CSRF header
         refused = await client.post(options, headers={"X-CSRF-Token": token})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,15 +21,14 @@ from clearance.policy import Request
 from clearance.server.app import create_app
 from clearance.store.schema import sessions as sessions_table
 
-ROOT = Path(__file__).resolve().parents[2]
-ENTERPRISE = ROOT / "examples" / "enterprise" / "clearance.yaml"
+from ..fixtures import ENTERPRISE, csrf_of
+
 PASSWORD = "correct-horse-battery"
 TRANSFER = Request(
     "payments.transfer",
     {"amount": 2000, "destination_country": "US"},
     {"user": "carol", "agent": "billing-bot"},
 )
-CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 class Clock:
@@ -81,12 +79,6 @@ async def login(client: httpx.AsyncClient, person: str, password: str = PASSWORD
     return await client.post(
         "/ui/login", data={"person": person, "password": password, "csrf_token": token}
     )
-
-
-def csrf_of(html: str) -> str:
-    found = CSRF.search(html)
-    assert found, "no CSRF token on the page"
-    return found.group(1)
 
 
 @contextlib.asynccontextmanager

@@ -5,7 +5,6 @@ current delegation on purpose (audited) while a stale form does not."""
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +31,6 @@ policies:
   default: deny
   rules: []
 """
-CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 @pytest.fixture
